@@ -1,0 +1,43 @@
+# The README's two commands: `make test` (set-up + unit tests + every notebook under nbval) and
+# `make main` (the main job). Everything installs into .venv on first use.
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+export SCA_MODE ?= fast
+
+.PHONY: all test unit nbval main notebooks clean-notebooks sync-url data venv distclean
+
+all: test
+
+$(VENV)/.installed: pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e ".[dev]"
+	@touch $@
+
+venv: $(VENV)/.installed
+
+## make test: unit tests and every notebook executed by nbval (fast mode), in one pytest run
+test: $(VENV)/.installed
+	$(PY) -m pytest tests notebooks --nbval-lax --nbval-sanitize-with tests/nbval_sanitize.cfg --nbval-cell-timeout=900 -p no:cacheprovider
+
+unit: $(VENV)/.installed
+	$(PY) -m pytest tests
+
+nbval: $(VENV)/.installed
+	$(PY) -m pytest notebooks --nbval-lax --nbval-sanitize-with tests/nbval_sanitize.cfg --nbval-cell-timeout=900
+
+## make main: the main job (until the ablation runner exists: execute every notebook headless, in place)
+main: notebooks
+
+notebooks: $(VENV)/.installed
+	$(PY) -m sca_lib.notebooks execute notebooks/*.ipynb
+
+clean-notebooks: $(VENV)/.installed
+	$(PY) -m sca_lib.notebooks clean notebooks/*.ipynb
+
+sync-url: $(VENV)/.installed
+	$(PY) -m sca_lib.notebooks sync-url
+
+distclean:
+	rm -rf $(VENV) *.egg-info .pytest_cache

@@ -1,0 +1,209 @@
+"""Notebook tooling: execute notebooks headless, strip volatile metadata, sync the repository URL.
+
+Command line (the Makefile wraps these)::
+
+    python -m sca_lib.notebooks execute notebooks/*.ipynb   # run in place (mode from $SCA_MODE, default fast)
+    python -m sca_lib.notebooks clean notebooks/*.ipynb     # strip timestamps and widget state
+    python -m sca_lib.notebooks sync-url                    # badges + setup cells from pyproject.toml
+    python -m sca_lib.notebooks check-url                   # exit 1 if they are out of sync
+
+The repository's public URL is one setting, ``[tool.sca_lib] repository`` in ``pyproject.toml``.
+Notebooks carry a Colab badge between ``<!-- colab-badge -->`` markers and a setup cell with a
+``REPO_URL = "..."`` line; ``sync-url`` rewrites both (and the README's badges) from the setting,
+so publishing is a one-line change. While the setting is empty no link is invented.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import sys
+import time
+from pathlib import Path
+from typing import Iterable, List, Optional
+
+__all__ = [
+    "repository_url",
+    "badge_markdown",
+    "SETUP_CELL",
+    "execute_notebook",
+    "clean_notebook",
+    "sync_url",
+]
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+BADGE_RE = re.compile(r"<!-- colab-badge -->.*?<!-- /colab-badge -->", re.S)
+URL_LINE_RE = re.compile(r'^REPO_URL = ".*?"', re.M)
+
+#: The Colab setup cell every notebook carries (second cell). ``sync-url`` fills in REPO_URL.
+SETUP_CELL = '''# Colab setup: installs sca_lib when this notebook runs on Google Colab; elsewhere it does nothing
+# (locally, `make test` or `pip install -e ".[dev]"` has installed it).
+import subprocess
+import sys
+
+REPO_URL = ""  # filled in from pyproject.toml [tool.sca_lib] repository by `make sync-url`
+if "google.colab" in sys.modules:
+    if not REPO_URL:
+        raise RuntimeError(
+            "This repository's public URL is not set yet, so Colab cannot pip-install sca_lib. "
+            "Upload the sca_lib/ folder next to this notebook, or pip install it from your clone."
+        )
+    subprocess.check_call([sys.executable, "-m", "pip", "install", "-q", f"sca_lib[dev] @ git+{REPO_URL}"])'''
+
+
+def repository_url(pyproject: Optional[Path] = None) -> str:
+    """``[tool.sca_lib] repository`` from pyproject.toml ('' while not decided)."""
+    path = Path(pyproject) if pyproject else REPO_ROOT / "pyproject.toml"
+    try:
+        import tomllib  # Python 3.11+
+    except ModuleNotFoundError:  # pragma: no cover - Python < 3.11
+        import tomli as tomllib  # type: ignore
+    data = tomllib.loads(path.read_text(encoding="utf-8"))
+    return str(data.get("tool", {}).get("sca_lib", {}).get("repository", "")).rstrip("/")
+
+
+def badge_markdown(notebook: str, url: str) -> str:
+    """The Colab badge for ``notebooks/<notebook>`` (between markers), or a note while no URL is set."""
+    if not url:
+        body = ("*Colab badge: appears once the repository's public URL is set "
+                "(`pyproject.toml`, `[tool.sca_lib] repository`, then `make sync-url`).*")
+    else:
+        m = re.match(r"https?://github\.com/(.+)$", url)
+        if not m:
+            raise ValueError(f"[tool.sca_lib] repository must be a https://github.com/OWNER/NAME URL, got {url!r}")
+        target = f"https://colab.research.google.com/github/{m.group(1)}/blob/main/notebooks/{notebook}"
+        body = f"[![Open In Colab](https://colab.research.google.com/assets/colab-badge.svg)]({target})"
+    return f"<!-- colab-badge -->{body}<!-- /colab-badge -->"
+
+
+def _load(path: Path) -> dict:
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise FileNotFoundError(f"notebook not found: {path}") from None
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path} is not valid notebook JSON: {e}") from None
+
+
+def _save(path: Path, nb: dict) -> None:
+    tmp = Path(str(path) + ".tmp")
+    tmp.write_text(json.dumps(nb, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def _strip(nb: dict) -> dict:
+    nb.setdefault("metadata", {}).pop("widgets", None)
+    nb["metadata"].pop("papermill", None)
+    for cell in nb.get("cells", []):
+        md = cell.setdefault("metadata", {})
+        for key in ("execution", "papermill", "collapsed", "scrolled"):
+            md.pop(key, None)
+        for out in cell.get("outputs", []):
+            out.get("metadata", {}).pop("application/vnd.jupyter.widget-view+json", None)
+            data = out.get("data", {})
+            data.pop("application/vnd.jupyter.widget-view+json", None)
+    return nb
+
+
+def clean_notebook(path: Path) -> None:
+    """Strip volatile metadata (execution timestamps, widget state) in place; outputs are kept."""
+    _save(Path(path), _strip(_load(Path(path))))
+
+
+def execute_notebook(path: Path, timeout: int = 1800, mode: Optional[str] = None) -> float:
+    """Execute a notebook in place (cwd = its folder) and clean it; returns the wall time in seconds."""
+    import nbformat
+    from nbclient import NotebookClient
+
+    path = Path(path)
+    if mode is not None:
+        os.environ["SCA_MODE"] = mode
+    nb = nbformat.read(str(path), as_version=4)
+    start = time.perf_counter()
+    client = NotebookClient(nb, timeout=timeout, kernel_name="python3",
+                            resources={"metadata": {"path": str(path.parent.resolve())}})
+    client.execute()
+    elapsed = time.perf_counter() - start
+    nbformat.write(nb, str(path))
+    clean_notebook(path)
+    return elapsed
+
+
+def _sync_text(text: str, notebook: str, url: str) -> str:
+    text = BADGE_RE.sub(lambda _m: badge_markdown(notebook, url), text)
+    return URL_LINE_RE.sub(f'REPO_URL = "{url}"', text)
+
+
+def sync_url(paths: Iterable[Path], url: Optional[str] = None, write: bool = True) -> List[Path]:
+    """Rewrite Colab badges and ``REPO_URL`` lines from the setting; returns the files that changed."""
+    url = repository_url() if url is None else url
+    changed = []
+    for path in paths:
+        path = Path(path)
+        if path.suffix == ".ipynb":
+            nb = _load(path)
+            dirty = False
+            for cell in nb.get("cells", []):
+                src = "".join(cell.get("source", []))
+                new = _sync_text(src, path.name, url)
+                if new != src:
+                    cell["source"] = new.splitlines(keepends=True)
+                    dirty = True
+            if dirty:
+                changed.append(path)
+                if write:
+                    _save(path, nb)
+        else:
+            text = path.read_text(encoding="utf-8")
+            # README badges name their notebook: <!-- colab-badge -->...notebooks/NAME.ipynb...
+            def repl(m: re.Match) -> str:
+                nbname = re.search(r"(\d\d_[\w-]+\.ipynb)", m.group(0))
+                return badge_markdown(nbname.group(1) if nbname else "", url) if nbname else m.group(0)
+            new = BADGE_RE.sub(repl, text)
+            if new != text:
+                changed.append(path)
+                if write:
+                    path.write_text(new, encoding="utf-8")
+    return changed
+
+
+def _default_notebooks() -> List[Path]:
+    return sorted((REPO_ROOT / "notebooks").glob("*.ipynb"))
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m sca_lib.notebooks", description=__doc__.split("\n")[0])
+    sub = parser.add_subparsers(dest="cmd", required=True)
+    p_exec = sub.add_parser("execute", help="execute notebooks in place (mode from $SCA_MODE, default fast)")
+    p_exec.add_argument("paths", nargs="*", type=Path)
+    p_exec.add_argument("--timeout", type=int, default=1800, help="per-cell timeout in seconds")
+    p_clean = sub.add_parser("clean", help="strip volatile metadata, keep outputs")
+    p_clean.add_argument("paths", nargs="*", type=Path)
+    sub.add_parser("sync-url", help="write badges and REPO_URL from pyproject.toml")
+    sub.add_parser("check-url", help="exit 1 if badges or REPO_URL lines differ from pyproject.toml")
+    args = parser.parse_args(argv)
+
+    if args.cmd == "execute":
+        os.environ.setdefault("SCA_MODE", "fast")
+        for path in args.paths or _default_notebooks():
+            print(f"executing {path} (SCA_MODE={os.environ['SCA_MODE']}) ...", flush=True)
+            print(f"  done in {execute_notebook(path, timeout=args.timeout):.1f} s", flush=True)
+    elif args.cmd == "clean":
+        for path in args.paths or _default_notebooks():
+            clean_notebook(path)
+    else:
+        files = _default_notebooks() + [REPO_ROOT / "README.md"]
+        changed = sync_url(files, write=args.cmd == "sync-url")
+        verb = "updated" if args.cmd == "sync-url" else "out of sync"
+        for path in changed:
+            print(f"{verb}: {path.relative_to(REPO_ROOT)}")
+        if args.cmd == "check-url" and changed:
+            print("run `make sync-url`", file=sys.stderr)
+            return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
