@@ -157,11 +157,14 @@ def sync_url(paths: Iterable[Path], url: Optional[str] = None, write: bool = Tru
                     _save(path, nb)
         else:
             text = path.read_text(encoding="utf-8")
-            # README badges name their notebook: <!-- colab-badge -->...notebooks/NAME.ipynb...
-            def repl(m: re.Match) -> str:
-                nbname = re.search(r"(\d\d_[\w-]+\.ipynb)", m.group(0))
-                return badge_markdown(nbname.group(1) if nbname else "", url) if nbname else m.group(0)
-            new = BADGE_RE.sub(repl, text)
+            # A README badge sits on a table row that links its notebook: take the name from the row.
+            lines = []
+            for line in text.splitlines(keepends=True):
+                nbname = re.search(r"(\d\d_[\w-]+\.ipynb)", BADGE_RE.sub("", line))
+                if nbname and BADGE_RE.search(line):
+                    line = BADGE_RE.sub(lambda _m: badge_markdown(nbname.group(1), url), line)
+                lines.append(line)
+            new = "".join(lines)
             if new != text:
                 changed.append(path)
                 if write:

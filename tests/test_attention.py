@@ -1,0 +1,267 @@
+"""Tests for sca_lib.attention against an independent reference of the article's claim C1."""
+
+import pytest
+import torch
+from torch import nn
+
+import sca_lib
+from sca_lib.attention import (
+    STRENGTH_PRESETS,
+    AttnResBlock,
+    ChannelAttention,
+    DualAttention,
+    LiteDualAttention,
+    SpatialAttention,
+    create_attention,
+    init_attention_,
+    list_attentions,
+    record_attention,
+)
+
+
+class ArticleDualAttention(nn.Module):
+    """The article's code (C1), verbatim apart from formatting: the reference implementation."""
+
+    def __init__(self, in_channels):
+        super().__init__()
+        self.channel_att = nn.Sequential(
+            nn.AdaptiveAvgPool2d(1),
+            nn.Conv2d(in_channels, in_channels // 8, 1),
+            nn.ReLU(),
+            nn.Conv2d(in_channels // 8, in_channels, 1),
+            nn.Sigmoid(),
+        )
+        self.spatial_att = nn.Sequential(nn.Conv2d(in_channels, 1, 1), nn.Sigmoid())
+
+    def forward(self, x):
+        return x * self.channel_att(x) * self.spatial_att(x)
+
+
+def copy_from_article(ref: ArticleDualAttention, mod: DualAttention) -> None:
+    with torch.no_grad():
+        mod.channel.fc1.weight.copy_(ref.channel_att[1].weight)
+        mod.channel.fc1.bias.copy_(ref.channel_att[1].bias)
+        mod.channel.fc2.weight.copy_(ref.channel_att[3].weight)
+        mod.channel.fc2.bias.copy_(ref.channel_att[3].bias)
+        mod.spatial.conv.weight.copy_(ref.spatial_att[0].weight)
+        mod.spatial.conv.bias.copy_(ref.spatial_att[0].bias)
+
+
+@pytest.fixture
+def x():
+    torch.manual_seed(0)
+    return torch.randn(2, 32, 7, 5)
+
+
+def test_default_equals_article_reference(x):
+    torch.manual_seed(1)
+    ref = ArticleDualAttention(32)
+    mod = DualAttention(32)
+    copy_from_article(ref, mod)
+    torch.testing.assert_close(mod(x), ref(x))
+
+
+def test_parameter_count_matches_formula():
+    c, r = 512, 8
+    expected = (c * (c // r) + c // r) + ((c // r) * c + c) + (c + 1)
+    assert expected == 66625
+    assert sum(p.numel() for p in DualAttention(512).parameters()) == expected
+    assert sum(p.numel() for p in DualAttention(512, mode="channel").parameters()) == expected - (c + 1)
+    assert sum(p.numel() for p in DualAttention(512, mode="spatial").parameters()) == c + 1
+
+
+def test_shape_preserved_and_state_dict_names(x):
+    mod = DualAttention(32)
+    assert mod(x).shape == x.shape
+    assert set(mod.state_dict()) == {
+        "channel.fc1.weight", "channel.fc1.bias", "channel.fc2.weight", "channel.fc2.bias",
+        "spatial.conv.weight", "spatial.conv.bias",
+    }
+
+
+@pytest.mark.parametrize("mode", ["channel", "spatial"])
+def test_single_path_modes_equal_their_building_block(x, mode):
+    torch.manual_seed(2)
+    mod = DualAttention(32, mode=mode)
+    block = mod.channel if mode == "channel" else mod.spatial
+    assert (mod.spatial is None) == (mode == "channel")
+    assert (mod.channel is None) == (mode == "spatial")
+    torch.testing.assert_close(mod(x), block(x))
+
+
+def test_channel_and_spatial_weights_shapes(x):
+    ca, sa = ChannelAttention(32), SpatialAttention(32)
+    assert ca.weights(x).shape == (2, 32, 1, 1)
+    assert sa.weights(x).shape == (2, 1, 7, 5)
+    assert ca(x).shape == sa(x).shape == x.shape
+
+
+def test_strength_limits(x):
+    torch.manual_seed(3)
+    full = DualAttention(32)
+    one = DualAttention(32, alpha=1.0, beta=1.0)
+    zero = DualAttention(32, alpha=0.0, beta=0.0)
+    one.load_state_dict(full.state_dict())
+    zero.load_state_dict(full.state_dict())
+    torch.testing.assert_close(one(x), full(x))
+    torch.testing.assert_close(zero(x), x)
+
+
+def test_strength_formula_and_presets(x):
+    torch.manual_seed(4)
+    mod = DualAttention(32, strength="detection")
+    assert (mod.alpha, mod.beta) == (0.7, 0.5)
+    c = mod.channel.weights(x)
+    s = mod.spatial.weights(x)
+    torch.testing.assert_close(mod(x), x * (0.5 + 0.5 * c) * (0.3 + 0.7 * s))
+    for name, ab in STRENGTH_PRESETS.items():
+        m = DualAttention(8, strength=name)
+        assert (m.alpha, m.beta) == (ab["alpha"], ab["beta"])
+
+
+def test_dropout_only_in_training():
+    torch.manual_seed(5)
+    x = torch.randn(4, 64, 6, 6)
+    mod = DualAttention(64, drop_rate=0.5)
+    plain = DualAttention(64)
+    plain.load_state_dict(mod.state_dict())
+    mod.eval()
+    plain.eval()
+    torch.testing.assert_close(mod(x), plain(x))
+    mod.train()
+    out = mod(x)
+    dropped = (out.abs().sum(dim=(2, 3)) == 0)  # Dropout2d zeroes whole channels
+    assert 0 < dropped.float().mean() < 1
+    assert isinstance(mod.dropout, nn.Dropout2d) and isinstance(plain.dropout, nn.Identity)
+
+
+def test_lite_is_a_configuration_of_dual():
+    lite = LiteDualAttention(64)
+    assert isinstance(lite, DualAttention)
+    assert isinstance(lite.channel.act, nn.Hardswish)
+    assert isinstance(lite.channel.gate, nn.Hardsigmoid)
+    assert isinstance(lite.spatial.gate, nn.Hardsigmoid)
+    assert lite.channel.fc1.out_channels == 64 // 16
+    dual = DualAttention(64, reduction=16, act_layer=nn.Hardswish, gate_layer=nn.Hardsigmoid)
+    dual.load_state_dict(lite.state_dict())
+    x = torch.randn(2, 64, 4, 4)
+    torch.testing.assert_close(lite(x), dual(x))
+
+
+def test_identity_init_is_exact_identity_and_still_learns():
+    x = torch.randn(2, 16, 5, 5)
+    for cls in (DualAttention, LiteDualAttention):
+        mod = cls(16, identity_init=True)
+        torch.testing.assert_close(mod(x), x)
+        mod(x).pow(2).sum().backward()
+        assert mod.channel.fc2.weight.grad.abs().sum() > 0
+        assert mod.spatial.conv.weight.grad.abs().sum() > 0
+    block = AttnResBlock(16, identity_init=True)
+    torch.testing.assert_close(block(x), x)
+
+
+def test_plain_start_scales_features_by_about_a_quarter():
+    torch.manual_seed(6)
+    x = torch.rand(8, 64, 8, 8)
+    mod = DualAttention(64)
+    with torch.no_grad():  # zero pre-activations: both sigmoids give 0.5
+        for p in mod.parameters():
+            p.zero_()
+    torch.testing.assert_close(mod(x), 0.25 * x)
+
+
+def test_gradients_reach_every_parameter():
+    x = torch.randn(2, 16, 4, 4, requires_grad=True)
+    for name in list_attentions():
+        mod = create_attention(name, 16, reduction=4)
+        mod(x).sum().backward()
+        for pname, p in mod.named_parameters():
+            assert p.grad is not None and p.grad.abs().sum() > 0, (name, pname)
+    block = AttnResBlock(16, reduction=4)
+    block(x).sum().backward()
+    assert all(p.grad is not None for p in block.parameters())
+
+
+def test_factory_names_and_kwargs():
+    assert list_attentions() == ["channel", "dual", "lite", "lite_channel", "lite_spatial", "spatial"]
+    assert create_attention("dual", 32).mode == "dual"
+    assert create_attention("Channel", 32).mode == "channel"
+    assert isinstance(create_attention("lite_spatial", 32), LiteDualAttention)
+    assert create_attention("dual", 32, reduction=4).channel.fc1.out_channels == 8
+    assert sca_lib.create_attention is create_attention
+
+
+def test_attn_res_block_matches_formula():
+    torch.manual_seed(7)
+    x = torch.randn(2, 16, 6, 6)
+    block = AttnResBlock(16, attention="dual", reduction=4)
+    torch.testing.assert_close(block(x), x + block.conv(block.attn(x)))
+    assert block.attn.channel.fc1.out_channels == 4  # the article's unused `reduction` is passed on
+
+
+def test_init_attention_only_touches_given_module():
+    torch.manual_seed(8)
+    backbone = nn.Conv2d(3, 16, 3)
+    attn = DualAttention(16)
+    before = backbone.weight.clone()
+    init_attention_(attn)
+    assert torch.equal(backbone.weight, before)
+    for conv in (attn.channel.fc1, attn.channel.fc2, attn.spatial.conv):
+        assert torch.count_nonzero(conv.bias) == 0
+        fan_out = conv.out_channels * conv.kernel_size[0] * conv.kernel_size[1]
+        assert abs(conv.weight.std().item() - (2.0 / fan_out) ** 0.5) < 0.5 * (2.0 / fan_out) ** 0.5
+    ident = DualAttention(16, identity_init=True)
+    init_attention_(ident)
+    x = torch.randn(1, 16, 3, 3)
+    torch.testing.assert_close(ident(x), x)
+    with pytest.raises(ValueError, match="nn.Module"):
+        init_attention_("not a module")
+
+
+def test_record_attention_maps_and_no_cost_when_off():
+    model = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), DualAttention(16), nn.ReLU(), DualAttention(16, mode="channel"))
+    x = torch.randn(2, 3, 10, 8)
+    model(x)
+    assert model[1].last_maps is None
+    with record_attention(model) as maps:
+        model(x)
+    assert maps["1"]["spatial"].shape == (2, 1, 10, 8)
+    assert maps["1"]["channel"].shape == (2, 16)
+    assert maps["3"]["spatial"] is None and maps["3"]["channel"].shape == (2, 16)
+    assert not maps["1"]["spatial"].requires_grad
+    assert model[1].record_maps is False and model[1].last_maps is None
+    with pytest.raises(ValueError, match="no DualAttention"):
+        with record_attention(nn.Conv2d(3, 3, 1)):
+            pass
+
+
+@pytest.mark.parametrize(
+    "build, match",
+    [
+        (lambda: DualAttention(0), "positive int"),
+        (lambda: DualAttention(16, reduction=32), "reduction 32 is larger than channels 16"),
+        (lambda: DualAttention(16, reduction=0), "positive int"),
+        (lambda: DualAttention(16, mode="both"), "unknown mode 'both'; expected one of dual, channel, spatial"),
+        (lambda: DualAttention(16, alpha=1.5), r"`alpha` in \[0, 1\], got 1.5"),
+        (lambda: DualAttention(16, beta=-0.1), r"`beta` in \[0, 1\], got -0.1"),
+        (lambda: DualAttention(16, strength="captioning"), "unknown strength preset 'captioning'"),
+        (lambda: DualAttention(16, strength="detection", alpha=0.2), "either strength"),
+        (lambda: DualAttention(16, mode="channel", alpha=0.5), "spatial path"),
+        (lambda: DualAttention(16, mode="spatial", beta=0.5), "channel path"),
+        (lambda: DualAttention(16, drop_rate=1.0), "drop_rate"),
+        (lambda: create_attention("cbam", 16), "unknown attention 'cbam'; expected one of channel, dual"),
+    ],
+)
+def test_construction_errors(build, match):
+    with pytest.raises(ValueError, match=match):
+        build()
+
+
+def test_forward_errors_name_expected_and_actual():
+    mod = DualAttention(512)
+    with pytest.raises(ValueError, match=r"expects 512 channels, got 256 \(input shape \(8, 256, 14, 14\)\)"):
+        mod(torch.randn(8, 256, 14, 14))
+    with pytest.raises(ValueError, match=r"4-D input \(N, C, H, W\), got a 3-D tensor of shape \(512, 14, 14\)"):
+        mod(torch.randn(512, 14, 14))
+    with pytest.raises(ValueError, match="expects 16 channels, got 8"):
+        AttnResBlock(16)(torch.randn(1, 8, 4, 4))

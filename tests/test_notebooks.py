@@ -1,0 +1,101 @@
+"""Notebook conventions and the notebook tooling (URL sync, metadata cleaning).
+
+nbval executes the notebooks themselves (`make test`); these tests check what nbval does not.
+"""
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+from sca_lib import notebooks as nbtools
+
+ROOT = Path(__file__).resolve().parent.parent
+NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
+
+
+def _cells(path):
+    return json.loads(path.read_text())["cells"]
+
+
+def test_there_are_notebooks():
+    assert any(p.name.startswith("01_") for p in NOTEBOOKS)
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_notebook_conventions(path):
+    cells = _cells(path)
+    head = "".join(cells[0]["source"])
+    assert cells[0]["cell_type"] == "markdown" and head.startswith("# ")
+    assert "<!-- colab-badge -->" in head, "first cell needs the Colab badge markers"
+    assert "Run time" in head
+    assert "".join(cells[1]["source"]) == nbtools.SETUP_CELL, "second cell must be the shared Colab setup cell"
+    params = [c for c in cells if "parameters" in c.get("metadata", {}).get("tags", [])]
+    assert len(params) == 1 and 'os.environ.get("SCA_MODE"' in "".join(params[0]["source"])
+    code = [c for c in cells if c["cell_type"] == "code"]
+    assert any(c.get("outputs") for c in code), "committed notebooks keep their outputs"
+    for c in code:  # nbval: "Unrun reference cell has outputs"
+        assert not (c.get("outputs") and c.get("execution_count") is None)
+        assert "execution" not in c.get("metadata", {}), "run `make clean-notebooks`"
+    assert "What we learned" in "".join("".join(c["source"]) for c in cells if c["cell_type"] == "markdown")
+
+
+def test_badges_and_setup_cells_are_in_sync_with_the_setting():
+    assert nbtools.sync_url(NOTEBOOKS + [ROOT / "README.md"], write=False) == []
+
+
+def test_sync_url_rewrites_badges_and_setup_cell(tmp_path):
+    src = ROOT / "notebooks" / "01_attention_from_scratch.ipynb"
+    nb = tmp_path / src.name
+    shutil.copy(src, nb)
+    readme = tmp_path / "README.md"
+    readme.write_text("| 01 | [x](notebooks/01_attention_from_scratch.ipynb) | <!-- colab-badge -->none<!-- /colab-badge --> |\n")
+    url = "https://github.com/example-owner/example-repo"
+    changed = nbtools.sync_url([nb, readme], url=url)
+    assert changed == [nb, readme]
+    text = nb.read_text()
+    assert (f"https://colab.research.google.com/github/example-owner/example-repo/blob/main/notebooks/{src.name}"
+            in text)
+    assert 'REPO_URL = \\"https://github.com/example-owner/example-repo\\"' in text
+    assert "example-owner/example-repo/blob/main/notebooks/01_attention_from_scratch.ipynb" in readme.read_text()
+    # and back to "not decided": no link is left behind
+    nbtools.sync_url([nb, readme], url="")
+    assert "colab.research.google.com/github" not in nb.read_text() + readme.read_text()
+    with pytest.raises(ValueError, match="github.com/OWNER/NAME"):
+        nbtools.badge_markdown("x.ipynb", "ftp://elsewhere")
+
+
+def test_clean_notebook_strips_volatile_metadata_and_keeps_outputs(tmp_path):
+    nb = {"cells": [{"cell_type": "code", "execution_count": 1, "source": "1",
+                     "metadata": {"execution": {"iopub.execute_input": "2026-01-01"}},
+                     "outputs": [{"output_type": "execute_result", "execution_count": 1,
+                                  "data": {"text/plain": "1"}, "metadata": {}}]}],
+          "metadata": {"widgets": {"state": {}}}, "nbformat": 4, "nbformat_minor": 5}
+    path = tmp_path / "n.ipynb"
+    path.write_text(json.dumps(nb))
+    nbtools.clean_notebook(path)
+    out = json.loads(path.read_text())
+    assert "widgets" not in out["metadata"] and "execution" not in out["cells"][0]["metadata"]
+    assert out["cells"][0]["outputs"][0]["data"]["text/plain"] == "1"
+
+
+def test_bad_notebook_paths_give_clear_errors(tmp_path):
+    with pytest.raises(FileNotFoundError, match="notebook not found"):
+        nbtools.clean_notebook(tmp_path / "missing.ipynb")
+    bad = tmp_path / "bad.ipynb"
+    bad.write_text("{not json")
+    with pytest.raises(ValueError, match="not valid notebook JSON"):
+        nbtools.clean_notebook(bad)
+
+
+def test_run_mode_from_environment(monkeypatch):
+    from sca_lib.config import get_mode
+    monkeypatch.delenv("SCA_MODE", raising=False)
+    assert get_mode() == "fast"
+    monkeypatch.setenv("SCA_MODE", "FULL")
+    assert get_mode() == "full"
+    monkeypatch.setenv("SCA_MODE", "gpu")
+    with pytest.raises(ValueError, match="expected one of fast, cpu, full"):
+        get_mode()
