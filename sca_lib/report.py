@@ -1,0 +1,245 @@
+"""Turn ablation results files into tables with confidence intervals and seaborn figures.
+
+``python -m sca_lib.report results/cpu`` rewrites ``results/cpu/summary.md``, ``summary.csv`` and
+``fig_<study>.png`` from the ``*.jsonl`` files in that folder (see :mod:`sca_lib.ablate`).
+
+Statistics: for each variant the mean over seeds with a two-sided 95 % t-interval
+(``mean +- t(0.975, n-1) * sd / sqrt(n)``); for each variant the difference against its study's
+reference (no attention for the ``variants`` and ``placement`` studies, the study's first setting
+for the knob studies), **paired by seed**, with its own t-interval. A difference whose interval
+contains zero is marked not significant. With 3 seeds, t(0.975, 2) = 4.30: intervals are wide, on
+purpose.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+import pandas as pd
+
+__all__ = [
+    "t_quantile",
+    "mean_ci",
+    "paired_difference",
+    "results_frame",
+    "study_table",
+    "write_report",
+    "ARTICLE_C11",
+]
+
+# two-sided 95 % quantiles of Student's t, t(0.975, df), df = 1..30 (then the normal 1.96)
+_T975 = [12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160,
+         2.145, 2.131, 2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056,
+         2.052, 2.048, 2.045, 2.042]
+
+#: The article's claimed classification table (C11, Pascal VOC2012).
+ARTICLE_C11 = pd.DataFrame(
+    [("vgg16", None, 78.2, 138, 15.5), ("vgg16", "dual", 82.1, 139, 15.7),
+     ("resnet50", None, 81.3, 25.5, 4.1), ("resnet50", "dual", 84.7, 26.1, 4.3)],
+    columns=["backbone", "attention", "article top-1 (%)", "article params (M)", "article FLOPs (G)"],
+)
+
+#: The column that names a run's setting within each study.
+STUDY_KNOB = {"variants": "attention", "placement": "placement", "reduction": "reduction",
+              "strength": "strength", "dropout": "drop_rate", "schedule": "schedule", "init": "identity_init"}
+
+
+def t_quantile(df: int) -> float:
+    """t(0.975, df) for a two-sided 95 % interval."""
+    if df < 1:
+        return float("nan")
+    return _T975[df - 1] if df <= len(_T975) else 1.96
+
+
+def mean_ci(values: Sequence[float]) -> Tuple[float, float, float, int]:
+    """(mean, low, high, n) of a two-sided 95 % t-interval; one value gives an infinite interval."""
+    v = np.asarray([x for x in values if x is not None and not (isinstance(x, float) and math.isnan(x))], dtype=float)
+    n = len(v)
+    if n == 0:
+        return float("nan"), float("nan"), float("nan"), 0
+    m = float(v.mean())
+    if n == 1:
+        return m, float("-inf"), float("inf"), 1
+    half = t_quantile(n - 1) * float(v.std(ddof=1)) / math.sqrt(n)
+    return m, m - half, m + half, n
+
+
+def paired_difference(a: Dict[int, float], b: Dict[int, float]) -> Tuple[float, float, float, int]:
+    """Mean difference ``a - b`` over the seeds both have, with its 95 % t-interval."""
+    seeds = sorted(set(a) & set(b))
+    return mean_ci([a[s] - b[s] for s in seeds])
+
+
+def results_frame(rows: List[Dict]) -> pd.DataFrame:
+    """One row per (run, study it belongs to), config flattened, metrics in percent."""
+    records = []
+    for r in rows:
+        cfg = r["config"]
+        base = {k: cfg.get(k) for k in ("backbone", "attention", "placement", "reduction", "strength",
+                                        "drop_rate", "identity_init", "schedule", "seed")}
+        base["attention"] = base["attention"] or "none"
+        base.update(run_id=r["run_id"], mAP=100 * float(r["mAP"]), top1=100 * float(r["top1"]),
+                    params=r.get("params_total"), flops=r.get("flops"), wall_time_s=r.get("wall_time_s"),
+                    images_per_s=r.get("images_per_s"), git_commit=r.get("git_commit"))
+        for study in r.get("studies", [r.get("study")]):
+            records.append({"study": study, **base})
+    return pd.DataFrame(records)
+
+
+def _label(study: str, row: pd.Series) -> str:
+    knob = STUDY_KNOB.get(study, "attention")
+    value = row[knob]
+    if study == "variants":
+        return str(value)
+    if study == "placement":
+        return f"{row['attention']} @ {value or 'default'}" if row["attention"] != "none" else "none"
+    return f"{knob}={value}"
+
+
+def study_table(df: pd.DataFrame, study: str, metric: str = "mAP") -> pd.DataFrame:
+    """Mean, 95 % CI and the paired difference against the study's reference, per backbone and setting."""
+    sub = df[df.study == study].copy()
+    if sub.empty:
+        return pd.DataFrame()
+    if study in ("variants", "placement"):  # reference: the same backbone without attention
+        refs = df[(df.attention == "none")]
+    else:
+        refs = None
+    sub["setting"] = sub.apply(lambda r: _label(study, r), axis=1)
+    out = []
+    for backbone, grp in sub.groupby("backbone", sort=False):
+        order = list(dict.fromkeys(grp["setting"]))
+        if refs is not None:
+            ref = refs[refs.backbone == backbone].drop_duplicates("seed").set_index("seed")[metric].to_dict()
+            ref_name = "none"
+        else:
+            ref = grp[grp.setting == order[0]].set_index("seed")[metric].to_dict()
+            ref_name = order[0]
+        for setting in order:
+            g = grp[grp.setting == setting]
+            m, lo, hi, n = mean_ci(g[metric].tolist())
+            d, dlo, dhi, dn = paired_difference(g.set_index("seed")[metric].to_dict(), ref) if ref else (np.nan,) * 3 + (0,)
+            is_ref = setting == ref_name
+            out.append({
+                "study": study, "backbone": backbone, "setting": setting, "n seeds": n,
+                f"{metric} mean": m, f"{metric} 95% CI": f"[{lo:.1f}, {hi:.1f}]",
+                "vs": ref_name, "diff": np.nan if is_ref else d,
+                "diff 95% CI": "" if is_ref or dn < 2 else f"[{dlo:.1f}, {dhi:.1f}]",
+                "significant": "" if is_ref or dn < 2 else ("yes" if (dlo > 0 or dhi < 0) else "no"),
+                "params (M)": g["params"].iloc[0] / 1e6 if g["params"].notna().any() else np.nan,
+                "wall s/run": g["wall_time_s"].mean(),
+                "_ci": (lo, hi), "_dci": (dlo, dhi) if not is_ref and dn >= 2 else (np.nan, np.nan),
+            })
+    return pd.DataFrame(out)
+
+
+def _figure(df: pd.DataFrame, table: pd.DataFrame, study: str, metric: str, path: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import seaborn as sns
+
+    sns.set_theme(style="whitegrid")
+    sub = df[df.study == study].copy()
+    sub["setting"] = sub.apply(lambda r: _label(study, r), axis=1)
+    sub["label"] = sub["backbone"] + "\n" + sub["setting"]
+    table = table.assign(label=table["backbone"] + "\n" + table["setting"])
+    order = table["label"].tolist()
+    fig, axes = plt.subplots(1, 2, figsize=(max(8, 1.6 * len(order) + 4), 4.2))
+    sns.stripplot(data=sub, x="label", y=metric, order=order, ax=axes[0], color="0.4", size=5, jitter=0.1)
+    lo = np.array([c[0] for c in table["_ci"]]); hi = np.array([c[1] for c in table["_ci"]])
+    means = table[f"{metric} mean"].to_numpy()
+    axes[0].errorbar(range(len(order)), means, yerr=[means - lo, hi - means], fmt="o", color="tab:red",
+                     capsize=5, label="mean, 95% CI")
+    axes[0].set_ylabel(f"{metric} (%)"); axes[0].set_xlabel(""); axes[0].set_title(f"{metric} per seed")
+    axes[0].legend(loc="best", fontsize=8)
+    rows = table[table["diff"].notna()]
+    if not rows.empty:
+        dlo = np.array([c[0] for c in rows["_dci"]]); dhi = np.array([c[1] for c in rows["_dci"]])
+        d = rows["diff"].to_numpy()
+        yerr = np.nan_to_num([d - dlo, dhi - d], nan=0.0)
+        colors = ["tab:green" if s == "yes" else "tab:gray" for s in rows["significant"]]
+        axes[1].bar(range(len(rows)), d, yerr=yerr, color=colors, capsize=5)
+        axes[1].set_xticks(range(len(rows)), rows["label"].tolist())
+        axes[1].axhline(0, color="k", lw=1)
+        axes[1].set_ylabel(f"difference in {metric} (points)")
+        axes[1].set_title(f"paired difference vs {rows['vs'].iloc[0]} (95% CI; green = significant)")
+    else:
+        axes[1].set_axis_off()
+    for ax in axes:
+        ax.tick_params(axis="x", labelsize=8)
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def _md(table: pd.DataFrame, metric: str) -> str:
+    cols = ["backbone", "setting", "n seeds", f"{metric} mean", f"{metric} 95% CI", "vs", "diff", "diff 95% CI", "significant"]
+    t = table[cols].copy()
+    t[f"{metric} mean"] = t[f"{metric} mean"].map(lambda v: f"{v:.1f}")
+    t["diff"] = t["diff"].map(lambda v: "" if pd.isna(v) else f"{v:+.1f}")
+    header = "| " + " | ".join(cols) + " |\n|" + "---|" * len(cols) + "\n"
+    return header + "".join("| " + " | ".join(str(v) for v in row) + " |\n" for row in t.itertuples(index=False))
+
+
+def write_report(results_dir: Path, preset: Optional[str] = None, metrics: Sequence[str] = ("mAP", "top1"),
+                 figures: bool = True, quiet: bool = False) -> Dict[str, pd.DataFrame]:
+    """Write summary.md, summary.csv and one figure per study into ``results_dir``; returns the tables."""
+    from .ablate import PRESETS, load_results
+
+    results_dir = Path(results_dir)
+    rows = load_results(results_dir)
+    if not rows:
+        raise FileNotFoundError(
+            f"no results in {results_dir} (expected *.jsonl files written by `python -m sca_lib.ablate`); "
+            f"run e.g. `python -m sca_lib.ablate --preset quick` first"
+        )
+    df = results_frame(rows)
+    studies = list(dict.fromkeys(df["study"]))
+    questions = {s.name: s.question for p in PRESETS.values() for s in p.studies}
+    tables: Dict[str, pd.DataFrame] = {}
+    lines = [f"# Ablation results: `{results_dir.name}`\n",
+             f"{len(rows)} runs; commits {', '.join(sorted(set(df['git_commit'].dropna())))}. "
+             f"Mean over seeds with a 95 % t-interval; `diff` is the paired-by-seed difference against `vs`. "
+             f"Regenerate: `python -m sca_lib.report {results_dir.as_posix()}`.\n"]
+    for study in studies:
+        for metric in metrics:
+            t = study_table(df, study, metric)
+            tables[f"{study}/{metric}"] = t
+            if metric == metrics[0]:
+                lines.append(f"\n## {study}: {questions.get(study, '')}\n\n")
+            lines.append(f"\n{metric} (%):\n\n" + _md(t, metric))
+        if figures:
+            _figure(df, tables[f"{study}/{metrics[0]}"], study, metrics[0], results_dir / f"fig_{study}.png",
+                    f"{study}: {questions.get(study, '')} ({results_dir.name} preset)")
+    (results_dir / "summary.md").write_text("".join(lines), encoding="utf-8")
+    flat = pd.concat([t.drop(columns=["_ci", "_dci"]).assign(metric=k.split("/")[1]) for k, t in tables.items()],
+                     ignore_index=True)
+    flat.to_csv(results_dir / "summary.csv", index=False)
+    if not quiet:
+        for key, t in tables.items():
+            if key.endswith("/" + metrics[0]):
+                print(f"\n{key}:")
+                print(t.drop(columns=["_ci", "_dci", "study"]).to_string(index=False, float_format=lambda v: f"{v:.2f}"))
+        print(f"\nwrote {results_dir / 'summary.md'}, summary.csv and {len(studies)} figure(s)")
+    return tables
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m sca_lib.report", description="tables and figures from ablation results")
+    ap.add_argument("results_dir", type=Path, help="a folder with *.jsonl results, e.g. results/cpu")
+    ap.add_argument("--no-figures", action="store_true")
+    a = ap.parse_args(argv)
+    write_report(a.results_dir, figures=not a.no_figures)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
