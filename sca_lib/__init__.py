@@ -37,3 +37,33 @@ __all__ = [
     "default_device",
     "get_mode",
 ]
+
+# --- backbones + profile (issue 4: sca_lib/backbones.py, sca_lib/profile.py) ---
+# The profiler's `profile` function is not re-exported, so `sca_lib.profile` stays the module.
+from .backbones import (
+    GROUPS,
+    attention_modules,
+    build_classifier,
+    default_placement,
+    list_backbones,
+    list_placements,
+    parameter_groups,
+    set_trainable,
+)
+from .profile import attention_cost, compare_latency, count_flops, count_parameters, measure_latency
+
+__all__ += [
+    "GROUPS",
+    "attention_modules",
+    "build_classifier",
+    "default_placement",
+    "list_backbones",
+    "list_placements",
+    "parameter_groups",
+    "set_trainable",
+    "attention_cost",
+    "compare_latency",
+    "count_flops",
+    "count_parameters",
+    "measure_latency",
+]

@@ -1,0 +1,282 @@
+"""Cost of a model: parameters, FLOPs (fvcore) and latency, as one tidy table.
+
+FLOP convention (read this before comparing numbers): fvcore counts **one fused multiply-add as
+one FLOP** (so its "FLOPs" are MACs; the article's 15.5 G for VGG16 and 4.1 G for ResNet50 use the
+same convention). By default fvcore 0.1.5 counts convolutions, linear layers, batch norm (eval: 2
+per element with affine) and adaptive average pooling (1 per input element), and *skips* activation
+functions (ReLU, Sigmoid, Hardsigmoid, Hardswish), elementwise multiply and add, and max pooling.
+An attention module is mostly such elementwise work (gates and the ``x * c * s`` product), so
+``count_flops(..., include_elementwise=True)`` (the default here) registers handles that count
+one FLOP per output element for activations, gates, mul/add/sub/div, and one per input element
+for max pooling. ``include_elementwise=False`` gives fvcore's own number. :func:`profile` reports
+both.
+
+Latency: warm-up runs, then the median of ``runs`` timed forwards under ``torch.inference_mode``
+in eval mode; on CUDA each run is bracketed by ``torch.cuda.synchronize()``. CPU numbers depend on
+the thread count (recorded in the table) and on whatever else the machine runs.
+"""
+
+from __future__ import annotations
+
+import logging
+import statistics
+import time
+import warnings
+from collections import Counter
+from contextlib import contextmanager
+from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple, Union
+
+import torch
+from torch import nn
+
+__all__ = [
+    "count_parameters",
+    "count_flops",
+    "flops_by_module",
+    "attention_cost",
+    "measure_latency",
+    "compare_latency",
+    "profile",
+    "ELEMENTWISE_OPS",
+]
+
+SizeArg = Union[Sequence[int], torch.Size]
+
+#: Ops that fvcore skips and ``include_elementwise=True`` counts (FLOPs per output element).
+ELEMENTWISE_OPS: Tuple[str, ...] = tuple(
+    f"aten::{op}{suffix}"
+    for op in ("sigmoid", "hardsigmoid", "hardswish", "relu", "mul", "add", "sub", "rsub", "div")
+    for suffix in ("", "_")
+)
+_POOL_OPS = ("aten::max_pool2d",)  # one FLOP per input element (a comparison each)
+_EXTRA = "elementwise"
+
+
+def count_parameters(model: nn.Module) -> Dict[str, int]:
+    """``{"total": int, "trainable": int}`` (shared parameters counted once)."""
+    params = list(model.parameters())
+    return {
+        "total": sum(p.numel() for p in params),
+        "trainable": sum(p.numel() for p in params if p.requires_grad),
+    }
+
+
+def _input_shape(input_size: SizeArg, batch_size: Optional[int] = None) -> Tuple[int, ...]:
+    size = tuple(int(s) for s in input_size)
+    if len(size) == 3:
+        size = (1,) + size
+    if len(size) != 4 or min(size) < 1:
+        raise ValueError(f"input_size must be (C, H, W) or (N, C, H, W) of positive ints, got {tuple(input_size)}")
+    if batch_size is not None:
+        size = (int(batch_size),) + size[1:]
+    return size
+
+
+def _out_numel(outputs: List[Any]) -> int:
+    from fvcore.nn.jit_handles import get_shape
+
+    shape = get_shape(outputs[0])
+    n = 1
+    for s in shape or []:
+        n *= s
+    return n
+
+
+def _elementwise_handle(inputs: List[Any], outputs: List[Any]) -> Counter:
+    return Counter({_EXTRA: _out_numel(outputs)})
+
+
+def _pool_handle(inputs: List[Any], outputs: List[Any]) -> Counter:
+    from fvcore.nn.jit_handles import get_shape
+
+    n = 1
+    for s in get_shape(inputs[0]) or []:
+        n *= s
+    return Counter({_EXTRA: n})
+
+
+@contextmanager
+def _eval(model: nn.Module) -> Iterator[nn.Module]:
+    was = model.training
+    model.eval()
+    try:
+        yield model
+    finally:
+        model.train(was)
+
+
+def _analysis(model: nn.Module, input_size: SizeArg):
+    """A fvcore FlopCountAnalysis with the elementwise handles registered (tagged ``elementwise``)."""
+    with warnings.catch_warnings():  # fvcore's import calls the deprecated torch.jit.script
+        warnings.simplefilter("ignore", FutureWarning)
+        from fvcore.nn import FlopCountAnalysis
+
+    shape = _input_shape(input_size)
+    device = next(iter(model.parameters()), torch.empty(0)).device
+    x = torch.zeros(shape, device=device)
+    analysis = FlopCountAnalysis(model, x)
+    analysis.set_op_handle(**{op: _elementwise_handle for op in ELEMENTWISE_OPS})
+    analysis.set_op_handle(**{op: _pool_handle for op in _POOL_OPS})
+    analysis.unsupported_ops_warnings(False)
+    analysis.uncalled_modules_warnings(False)
+    analysis.tracer_warnings("none")
+    return analysis
+
+
+def _quiet():
+    logging.getLogger("fvcore").setLevel(logging.ERROR)
+
+
+def flops_by_module(model: nn.Module, input_size: SizeArg = (1, 3, 224, 224),
+                    include_elementwise: bool = True) -> Dict[str, int]:
+    """FLOPs (fused multiply-add = 1) of every submodule, by name (``""`` is the whole model)."""
+    _quiet()
+    with _eval(model), torch.no_grad():
+        a = _analysis(model, input_size)
+        total = a.by_module()
+        if include_elementwise:
+            return dict(total)
+        extra = a.by_module_and_operator()
+        return {k: v - extra.get(k, {}).get(_EXTRA, 0) for k, v in total.items()}
+
+
+def count_flops(model: nn.Module, input_size: SizeArg = (1, 3, 224, 224), include_elementwise: bool = True) -> int:
+    """FLOPs of one forward at ``input_size`` (N, C, H, W) or (C, H, W), via fvcore.
+
+    One fused multiply-add counts as one FLOP. ``include_elementwise=True`` adds activations,
+    gates, elementwise mul/add and max pooling (one per element) that fvcore skips by default; see
+    the module docstring. The model is traced in eval mode on its own device.
+    """
+    _quiet()
+    with _eval(model), torch.no_grad():
+        a = _analysis(model, input_size)
+        total = a.total()
+        return int(total if include_elementwise else total - a.by_operator().get(_EXTRA, 0))
+
+
+def _costs(model: nn.Module, input_size: SizeArg) -> Dict[str, int]:
+    """One fvcore trace -> whole-model and attention FLOPs in both conventions, attention params."""
+    from .backbones import attention_modules
+
+    mods = attention_modules(model)
+    _quiet()
+    with _eval(model), torch.no_grad():
+        a = _analysis(model, input_size)
+        total, per_op = a.by_module(), a.by_module_and_operator()
+    extra = {n: per_op.get(n, {}).get(_EXTRA, 0) for n in list(mods) + [""]}
+    return {
+        "flops": int(total[""]),
+        "flops_fvcore": int(total[""] - extra[""]),
+        "attn_params": sum(count_parameters(m)["total"] for m in mods.values()),
+        "attn_flops": int(sum(total.get(n, 0) for n in mods)),
+        "attn_flops_fvcore": int(sum(total.get(n, 0) - extra[n] for n in mods)),
+    }
+
+
+def attention_cost(model: nn.Module, input_size: SizeArg = (1, 3, 224, 224)) -> Dict[str, int]:
+    """Params and FLOPs (both conventions) of the attention modules inside ``model``.
+
+    Counts every top-level :class:`~sca_lib.attention.DualAttention` /
+    :class:`~sca_lib.attention.AttnResBlock` (for an AttnResBlock that includes its 3x3 conv).
+    Returns ``{"params", "flops", "flops_fvcore"}``; all zero when there is none.
+    """
+    c = _costs(model, input_size)
+    return {"params": c["attn_params"], "flops": c["attn_flops"], "flops_fvcore": c["attn_flops_fvcore"]}
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _time_once(model: nn.Module, x: torch.Tensor) -> float:
+    _sync(x.device)
+    start = time.perf_counter()
+    model(x)
+    _sync(x.device)
+    return (time.perf_counter() - start) * 1000.0
+
+
+def measure_latency(model: nn.Module, input_size: SizeArg = (3, 224, 224), batch_size: int = 1,
+                    device: Union[str, torch.device] = "cpu", warmup: int = 2, runs: int = 5) -> float:
+    """Median forward time in milliseconds of a batch of ``batch_size`` at ``input_size``.
+
+    ``input_size`` is (C, H, W) or (N, C, H, W) (N is replaced by ``batch_size``). The model is
+    moved to ``device`` and run in eval mode under ``torch.inference_mode`` (its training flag is
+    restored afterwards; it stays on ``device``). ``warmup`` untimed runs, then ``runs`` timed ones;
+    CUDA runs are synchronised. Keep ``runs`` small on CPU: VGG16 at 224x224, batch 32, takes
+    seconds per run.
+    """
+    if runs < 1 or warmup < 0:
+        raise ValueError(f"need runs >= 1 and warmup >= 0, got runs={runs}, warmup={warmup}")
+    return compare_latency({"m": model}, input_size, batch_size, device, warmup, runs)["m"]
+
+
+def compare_latency(models: Mapping[str, nn.Module], input_size: SizeArg = (3, 224, 224), batch_size: int = 1,
+                    device: Union[str, torch.device] = "cpu", warmup: int = 2, runs: int = 5) -> Dict[str, float]:
+    """Median latency (ms) of several models measured **interleaved**: round r times every model once.
+
+    Interleaving spreads slow periods of a shared machine (other processes, thermal throttling)
+    over all models, so ratios between them are fairer than from back-to-back measurements.
+    """
+    device = torch.device(device)
+    x = torch.randn(_input_shape(input_size, batch_size), device=device)
+    times: Dict[str, List[float]] = {name: [] for name in models}
+    states = {name: m.training for name, m in models.items()}
+    try:
+        with torch.inference_mode():
+            for m in models.values():
+                m.to(device).eval()
+                for _ in range(warmup):
+                    m(x)
+            for _ in range(runs):
+                for name, m in models.items():
+                    times[name].append(_time_once(m, x))
+    finally:
+        for name, m in models.items():
+            m.train(states[name])
+    return {name: statistics.median(t) for name, t in times.items()}
+
+
+def profile(models: Mapping[str, nn.Module], input_size: SizeArg = (1, 3, 224, 224),
+            batch_sizes: Sequence[int] = (1, 32), device: Union[None, str, torch.device] = None,
+            warmup: int = 2, runs: int = 5, latency_input_size: Optional[SizeArg] = None,
+            latency: bool = True):
+    """A tidy cost table (pandas DataFrame), one row per model.
+
+    Columns: ``model``, ``params_M`` and ``trainable_M`` (millions), ``gflops`` (elementwise ops
+    included) and ``gflops_fvcore`` (fvcore's default count), both in G (fused multiply-add = 1)
+    at ``input_size``; ``attn_params``, ``attn_mflops``, ``attn_mflops_fvcore`` (attention modules only); ``latency_ms_b{B}`` for each batch size
+    (median of ``runs`` after ``warmup``, models measured interleaved) at ``latency_input_size``
+    (default ``input_size``); ``device``, ``threads``, ``input_size``, ``latency_input_size``.
+    ``latency=False`` skips timing (FLOPs and params are exact and machine-independent).
+    """
+    import pandas as pd
+
+    shape = _input_shape(input_size)
+    lat_shape = _input_shape(latency_input_size or input_size)
+    dev = torch.device(device) if device is not None else torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    rows = []
+    for name, m in models.items():
+        p = count_parameters(m)
+        c = _costs(m, shape)
+        rows.append({
+            "model": name,
+            "params_M": p["total"] / 1e6,
+            "trainable_M": p["trainable"] / 1e6,
+            "gflops": c["flops"] / 1e9,
+            "gflops_fvcore": c["flops_fvcore"] / 1e9,
+            "attn_params": c["attn_params"],
+            "attn_mflops": c["attn_flops"] / 1e6,
+            "attn_mflops_fvcore": c["attn_flops_fvcore"] / 1e6,
+        })
+    if latency:
+        for b in batch_sizes:
+            lat = compare_latency(models, lat_shape[1:], b, dev, warmup, runs)
+            for row in rows:
+                row[f"latency_ms_b{b}"] = lat[row["model"]]
+    for row in rows:
+        row.update({"device": torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu",
+                    "threads": torch.get_num_threads(), "input_size": "x".join(map(str, shape[1:])),
+                    "latency_input_size": "x".join(map(str, lat_shape[1:])) if latency else ""})
+    return pd.DataFrame(rows)

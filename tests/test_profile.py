@@ -1,0 +1,98 @@
+"""Tests for sca_lib.profile: hand-computed parameter and FLOP counts, latency and the table."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from sca_lib.attention import AttnResBlock, DualAttention, LiteDualAttention
+from sca_lib.profile import (
+    attention_cost,
+    compare_latency,
+    count_flops,
+    count_parameters,
+    flops_by_module,
+    measure_latency,
+    profile,
+)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """One intra-op thread: on a busy 2-core machine OpenMP's spinning threads make small convs
+    ~100x slower (measured: MobileNetV3 forward at 32x32, 2.1 s with 2 threads vs 0.012 s with 1)."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+def test_parameter_counts_match_hand_computed():
+    # DualAttention(512): fc1 512*64+64, fc2 64*512+512, spatial 512+1
+    assert count_parameters(DualAttention(512)) == {"total": 66625, "trainable": 66625}
+    # Lite (reduction 16): 512*32+32 + 32*512+512 + 513
+    assert count_parameters(LiteDualAttention(512))["total"] == 33825
+    # AttnResBlock(64): DualAttention(64) (64*8+8 + 8*64+64 + 65) + conv3x3 64*64*9+64
+    block = AttnResBlock(64)
+    assert count_parameters(block)["total"] == 1161 + 36928
+    block.conv.weight.requires_grad_(False)
+    assert count_parameters(block) == {"total": 38089, "trainable": 38089 - 64 * 64 * 9}
+
+
+@pytest.mark.parametrize("cin,cout,k,stride,hw", [(3, 8, 3, 1, 16), (16, 32, 3, 2, 15), (8, 4, 1, 1, 7)])
+def test_conv_flops_equal_formula(cin, cout, k, stride, hw):
+    conv = nn.Conv2d(cin, cout, k, stride=stride, padding=k // 2)
+    hout = (hw + 2 * (k // 2) - k) // stride + 1
+    expected = cout * cin * k * k * hout * hout  # one fused multiply-add = one FLOP, bias not counted
+    assert count_flops(conv, (1, cin, hw, hw), include_elementwise=False) == expected
+    assert count_flops(conv, (cin, hw, hw)) == expected  # no elementwise op in a bare conv
+    assert count_flops(conv, (2, cin, hw, hw), include_elementwise=False) == 2 * expected
+
+
+def test_linear_and_elementwise_flops():
+    assert count_flops(nn.Sequential(nn.Flatten(), nn.Linear(12, 5)), (1, 3, 2, 2)) == 60
+    sig = nn.Sigmoid()
+    assert count_flops(sig, (1, 4, 8, 8), include_elementwise=False) == 0  # fvcore skips sigmoid
+    assert count_flops(sig, (1, 4, 8, 8)) == 256  # our handle: one per output element
+    assert count_flops(nn.MaxPool2d(2), (1, 4, 8, 8)) == 256  # one comparison per input element
+
+
+def test_dual_attention_flops_both_conventions():
+    c, h, w = 64, 14, 14
+    att = DualAttention(c)
+    # fvcore default: pool (1/input element) + fc1 + fc2 + spatial 1x1 conv
+    fvcore = c * h * w + c * (c // 8) + (c // 8) * c + c * h * w
+    assert count_flops(att, (1, c, h, w), include_elementwise=False) == fvcore
+    full = count_flops(att, (1, c, h, w))
+    # at least the two products x*c and (x*c)*s, the two gates and the ReLU are added
+    assert full >= fvcore + 2 * c * h * w + c + h * w + c // 8
+    cost = attention_cost(nn.Sequential(nn.Identity(), att), (1, c, h, w))
+    assert cost == {"params": count_parameters(att)["total"], "flops": full, "flops_fvcore": fvcore}
+    by_mod = flops_by_module(nn.Sequential(att), (1, c, h, w), include_elementwise=False)
+    assert by_mod["0"] == fvcore and by_mod["0.spatial.conv"] == c * h * w
+
+
+def test_latency_and_table():
+    model = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten())
+    model.train()
+    ms = measure_latency(model, (3, 16, 16), batch_size=2, warmup=1, runs=3)
+    assert ms > 0 and model.training  # training flag restored
+    conv = nn.Conv2d(3, 4, 3, padding=1)
+    lat = compare_latency({"a": conv, "b": nn.Sequential(conv, DualAttention(4, 2))}, (1, 3, 16, 16), 1,
+                          warmup=0, runs=2)
+    assert set(lat) == {"a", "b"} and all(v > 0 for v in lat.values())
+    table = profile({"conv": model}, (1, 3, 16, 16), batch_sizes=(1, 2), warmup=0, runs=1, device="cpu")
+    assert list(table["model"]) == ["conv"]
+    row = table.iloc[0]
+    assert row["params_M"] * 1e6 == pytest.approx(4 * 27 + 4)
+    assert row["gflops_fvcore"] * 1e9 == pytest.approx(4 * 27 * 256 + 4 * 256)  # conv + adaptive pool
+    assert {"latency_ms_b1", "latency_ms_b2", "gflops", "attn_params", "device", "threads"} <= set(table.columns)
+    assert "latency_ms_b1" not in profile({"conv": model}, (3, 16, 16), latency=False).columns
+
+
+def test_bad_input_size():
+    with pytest.raises(ValueError, match=r"input_size must be \(C, H, W\) or \(N, C, H, W\)"):
+        count_flops(nn.Identity(), (16, 16))
+    with pytest.raises(ValueError, match="runs >= 1"):
+        measure_latency(nn.Identity(), (3, 4, 4), runs=0)
