@@ -118,13 +118,13 @@ PRESETS: Dict[str, Preset] = {
     "cpu": Preset(
         "cpu", "cpu", (0, 1, 2),
         (_variants_study(("mobilenet_v3_small",)),
-         *_knob_studies("mobilenet_v3_small", ("features.6", "features.9", "features.11"))),
+         *_knob_studies("mobilenet_v3_small", ("after_features.3", "after_features.8", "after_features.12", "replace_se"))),
         description="The committed CPU study (results/cpu/): every study, 3 seeds, synthetic devkit.",
     ),
     "full": Preset(
         "full", "full", (0, 1, 2),
         (_variants_study(("vgg16", "resnet50", "mobilenet_v3_large")),
-         *_knob_studies("resnet50", ("layer3.1", "layer4.1", "layer4.2"))),
+         *_knob_studies("resnet50", ("layer3.1", "layer4.1", "layer4.1.inside", "after_layer4"))),
         description="The article's protocol on real VOC2012 with ImageNet weights, for a GPU.",
     ),
 }
@@ -185,13 +185,27 @@ def build_grid(preset: str, only: Optional[Iterable[str]] = None, seeds: Optiona
     return grid
 
 
+_DEFAULT_REDUCTION = {"dual": 8, "channel": 8, "spatial": 8, "lite": 16, "lite_channel": 16, "lite_spatial": 16}
+
+
 def _normalise(config: Dict) -> Dict:
-    """Defaults made explicit so that equal models hash equally across studies."""
+    """Defaults made explicit so that equal models hash equally across studies.
+
+    A plain model carries no attention knobs; an attention model's placement ``None`` becomes the
+    backbone's default placement and its reduction ``None`` the module's default (8, or 16 for lite).
+    """
     out = {"attention": None, "placement": None, "reduction": None, "strength": None,
            "drop_rate": 0.0, "identity_init": False, "schedule": "staged"}
     out.update(config)
-    if out["attention"] is None:  # a plain model has no attention knobs
+    if out["attention"] is None:
         out.update(placement=None, reduction=None, strength=None, drop_rate=0.0, identity_init=False)
+    else:
+        if out["placement"] is None:
+            from .backbones import default_placement
+
+            out["placement"] = default_placement(out["backbone"])
+        if out["reduction"] is None:
+            out["reduction"] = _DEFAULT_REDUCTION.get(out["attention"], 8)
     return out
 
 

@@ -120,7 +120,7 @@ def _rows(values):
     rows = []
     for attention, maps in values.items():
         for seed, v in enumerate(maps):
-            cfg = ablate._normalise({"preset": "cpu", "backbone": "bb", "seed": seed, "attention": attention})
+            cfg = ablate._normalise({"preset": "cpu", "backbone": "resnet18", "seed": seed, "attention": attention})
             rows.append({"run_id": f"{attention}-{seed}", "study": "variants", "studies": ["variants"], "config": cfg,
                          "mAP": v, "top1": v, "params_total": 10, "wall_time_s": 1.0, "git_commit": "abc"})
     return rows
@@ -142,7 +142,7 @@ def test_write_report_files(tmp_path):
         for r in rows:
             f.write(json.dumps(r) + "\n")
     tables = report.write_report(tmp_path, quiet=True)
-    assert (tmp_path / "summary.md").read_text().count("| bb |") == 4  # 2 settings x (mAP, top1)
+    assert (tmp_path / "summary.md").read_text().count("| resnet18 |") == 4  # 2 settings x (mAP, top1)
     assert (tmp_path / "fig_variants.png").stat().st_size > 1000
     assert set(pd.read_csv(tmp_path / "summary.csv")["metric"]) == {"mAP", "top1"}
     assert "variants/mAP" in tables
