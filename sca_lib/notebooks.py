@@ -67,8 +67,7 @@ def repository_url(pyproject: Optional[Path] = None) -> str:
 def badge_markdown(notebook: str, url: str) -> str:
     """The Colab badge for ``notebooks/<notebook>`` (between markers), or a note while no URL is set."""
     if not url:
-        body = ("*Colab badge: appears once the repository's public URL is set "
-                "(`pyproject.toml`, `[tool.sca_lib] repository`, then `make sync-url`).*")
+        body = "*(Colab badge: not yet, the repository's public URL is not decided; see `make sync-url`)*"
     else:
         m = re.match(r"https?://github\.com/(.+)$", url)
         if not m:
