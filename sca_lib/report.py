@@ -28,6 +28,7 @@ __all__ = [
     "paired_difference",
     "results_frame",
     "study_table",
+    "plot_study",
     "write_report",
     "ARTICLE_C11",
 ]
@@ -138,10 +139,8 @@ def study_table(df: pd.DataFrame, study: str, metric: str = "mAP") -> pd.DataFra
     return pd.DataFrame(out)
 
 
-def _figure(df: pd.DataFrame, table: pd.DataFrame, study: str, metric: str, path: Path, title: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
+def plot_study(df: pd.DataFrame, table: pd.DataFrame, study: str, metric: str = "mAP", title: str = ""):
+    """Per-seed points with mean and 95 % CI (left), paired differences with 95 % CI (right); returns the figure."""
     import matplotlib.pyplot as plt
     import seaborn as sns
 
@@ -174,10 +173,9 @@ def _figure(df: pd.DataFrame, table: pd.DataFrame, study: str, metric: str, path
         axes[1].set_axis_off()
     for ax in axes:
         ax.tick_params(axis="x", labelsize=8)
-    fig.suptitle(title)
+    fig.suptitle(title or study)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    return fig
 
 
 def _md(table: pd.DataFrame, metric: str) -> str:
@@ -217,8 +215,12 @@ def write_report(results_dir: Path, preset: Optional[str] = None, metrics: Seque
                 lines.append(f"\n## {study}: {questions.get(study, '')}\n\n")
             lines.append(f"\n{metric} (%):\n\n" + _md(t, metric))
         if figures:
-            _figure(df, tables[f"{study}/{metrics[0]}"], study, metrics[0], results_dir / f"fig_{study}.png",
-                    f"{study}: {questions.get(study, '')} ({results_dir.name} preset)")
+            import matplotlib.pyplot as plt
+
+            fig = plot_study(df, tables[f"{study}/{metrics[0]}"], study, metrics[0],
+                             f"{study}: {questions.get(study, '')} ({results_dir.name} preset)")
+            fig.savefig(results_dir / f"fig_{study}.png", dpi=110)
+            plt.close(fig)
     (results_dir / "summary.md").write_text("".join(lines), encoding="utf-8")
     flat = pd.concat([t.drop(columns=["_ci", "_dci"]).assign(metric=k.split("/")[1]) for k, t in tables.items()],
                      ignore_index=True)
