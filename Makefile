@@ -41,3 +41,11 @@ sync-url: $(VENV)/.installed
 
 distclean:
 	rm -rf $(VENV) *.egg-info .pytest_cache
+
+## make data: generate the default synthetic VOC-format devkits into data/synthetic/ (seconds; no internet).
+## Real VOC2012 (2 GB): `$(PY) -m sca_lib.data download-voc --root data` (see data/README.md).
+data: $(VENV)/.installed
+	$(PY) -m sca_lib.data synthetic --variant target --preset fast
+	$(PY) -m sca_lib.data synthetic --variant target --preset cpu
+	$(PY) -m sca_lib.data synthetic --variant source --preset fast
+	$(PY) -m sca_lib.data synthetic --variant source --preset cpu

@@ -67,3 +67,50 @@ __all__ += [
     "count_parameters",
     "measure_latency",
 ]
+
+# --- metrics + training engine (issue 5: sca_lib/metrics.py, sca_lib/engine.py, sca_lib/train/) ---
+from .engine import DivergenceError, Stage, Trainer, expand_schedule, single_stage_schedule, staged_schedule
+from .metrics import average_precision, classification_metrics, mean_average_precision, per_class_ap, top1_accuracy
+from .train import TrainConfig, pretrain_standin, train_classifier
+
+__all__ += [
+    "DivergenceError",
+    "Stage",
+    "Trainer",
+    "expand_schedule",
+    "single_stage_schedule",
+    "staged_schedule",
+    "average_precision",
+    "classification_metrics",
+    "mean_average_precision",
+    "per_class_ap",
+    "top1_accuracy",
+    "TrainConfig",
+    "pretrain_standin",
+    "train_classifier",
+]
+
+# --- data (issue 3: sca_lib/data/) ---
+from .data import (
+    VOC_CLASSES,
+    VOCClassification,
+    VOCDetection,
+    classification_transforms,
+    detection_collate,
+    detection_transforms,
+    download_voc,
+    ensure_synthetic,
+    generate_synthetic_voc,
+)
+
+__all__ += [
+    "VOC_CLASSES",
+    "VOCClassification",
+    "VOCDetection",
+    "classification_transforms",
+    "detection_collate",
+    "detection_transforms",
+    "download_voc",
+    "ensure_synthetic",
+    "generate_synthetic_voc",
+]

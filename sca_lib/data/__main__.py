@@ -1,0 +1,112 @@
+"""Command line for ``sca_lib.data``.
+
+::
+
+    python -m sca_lib.data synthetic --root data                         # target, preset cpu
+    python -m sca_lib.data synthetic --root data --variant source --preset fast
+    python -m sca_lib.data synthetic --out /tmp/syn --n-train 100 --n-val 50 --size 96 --seed 1
+    python -m sca_lib.data download-voc --root data                      # real VOC2012, 2 GB
+    python -m sca_lib.data download-voc --root data --archive ~/VOCtrainval_11-May-2012.tar
+    python -m sca_lib.data check --root data                             # is there a complete devkit?
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+from typing import List, Optional
+
+from .download import VOC2012_TRAINVAL, DownloadError, download_voc
+from .synthetic import PRESETS, VARIANTS, generate_synthetic_voc, make_config, read_marker, synthetic_root
+from .voc import DatasetNotFoundError, check_voc_tree, find_devkit, read_classes
+
+
+def _size(text: str):
+    parts = [int(p) for p in text.replace(",", "-").split("-") if p]
+    if len(parts) == 1:
+        return parts[0]
+    if len(parts) == 2:
+        return (parts[0], parts[1])
+    raise argparse.ArgumentTypeError(f"--size takes N or MIN-MAX, got {text!r}")
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m sca_lib.data", description=__doc__.split("\n")[0])
+    sub = parser.add_subparsers(dest="cmd", required=True)
+
+    p = sub.add_parser("synthetic", help="generate a synthetic VOC-format devkit")
+    p.add_argument("--root", type=Path, default=None,
+                   help="data folder; the devkit goes to ROOT/synthetic/<variant>-<preset> (default: the repo's data/)")
+    p.add_argument("--out", type=Path, default=None, help="exact dataset root instead (it will hold VOCdevkit/)")
+    p.add_argument("--variant", choices=VARIANTS, default="target")
+    p.add_argument("--preset", choices=sorted(PRESETS["target"]), default="cpu")
+    p.add_argument("--n-train", type=int, default=None)
+    p.add_argument("--n-val", type=int, default=None)
+    p.add_argument("--size", type=_size, default=None, help="image side N, or MIN-MAX (default 96-128)")
+    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--force", action="store_true", help="replace an existing synthetic devkit")
+
+    d = sub.add_parser("download-voc", help="download, verify and extract Pascal VOC2012 trainval")
+    d.add_argument("--root", type=Path, default=Path("data"), help="dataset root; gets VOCdevkit/VOC2012 (default: data)")
+    d.add_argument("--mirror", action="append", default=None, metavar="URL",
+                   help="try this URL first (repeatable); the built-in mirrors follow")
+    d.add_argument("--archive", type=Path, default=None, help="verify and extract a local copy instead of downloading")
+    d.add_argument("--keep-archive", action="store_true", help="keep the 2 GB .tar after extraction")
+    d.add_argument("--force", action="store_true", help="download even if a valid tree is present")
+    d.add_argument("--timeout", type=float, default=60.0)
+
+    c = sub.add_parser("check", help="check a devkit tree and print its size")
+    c.add_argument("--root", type=Path, default=Path("data"), help="dataset root (holds VOCdevkit/)")
+    c.add_argument("--year", default="2012")
+
+    args = parser.parse_args(argv)
+    if args.cmd == "synthetic":
+        cfg = make_config(args.variant, args.preset, n_train=args.n_train, n_val=args.n_val,
+                          image_size=args.size, seed=args.seed)
+        out = args.out if args.out is not None else synthetic_root(args.variant, args.preset, args.root)
+        marker = read_marker(out, cfg.name)
+        if marker is not None and marker.get("config") == cfg.to_dict() and not args.force:
+            print(f"{out} already holds this synthetic devkit; nothing to do (--force regenerates)")
+            return 0
+        try:
+            generate_synthetic_voc(out, cfg, overwrite=args.force or marker is not None, verbose=True)
+        except FileExistsError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 1
+        print(f"dataset root: {out}")
+        return 0
+    if args.cmd == "download-voc":
+        mirrors = list(args.mirror or []) + list(VOC2012_TRAINVAL.mirrors)
+        try:
+            download_voc(args.root, VOC2012_TRAINVAL, mirrors=mirrors, archive=args.archive, force=args.force,
+                         keep_archive=args.keep_archive, timeout=args.timeout)
+        except DownloadError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 1
+        return 0
+    # check
+    try:
+        devkit = find_devkit(args.root, args.year)
+    except DatasetNotFoundError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    t0 = time.perf_counter()
+    problems = check_voc_tree(args.root, args.year)
+    kind = "synthetic" if (devkit / "synthetic.json").exists() else "Pascal VOC"
+    for split in ("train", "val", "trainval"):
+        f = devkit / "ImageSets" / "Main" / f"{split}.txt"
+        n = sum(1 for line in f.read_text().splitlines() if line.strip()) if f.exists() else 0
+        print(f"{split:>9}: {n} images")
+    print(f"{devkit}: {kind} devkit, classes: {', '.join(read_classes(devkit))}")
+    if problems:
+        for prob in problems:
+            print(f"problem: {prob}", file=sys.stderr)
+        return 1
+    print(f"complete (checked in {time.perf_counter() - t0:.1f} s)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
