@@ -1,0 +1,171 @@
+"""sca_lib.train on the real backbones and the synthetic devkit (fast preset): config, the pretrained
+stand-in through weights=, C8 init on new modules only, seeds, resume after SIGKILL, DDP (gloo)."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from sca_lib.backbones import attention_modules, build_classifier, parameter_groups
+from sca_lib.train import (
+    TrainConfig,
+    build_model,
+    build_schedule,
+    pretrain_standin,
+    standin_path,
+    train_classifier,
+    train_from_ablation_config,
+)
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Fast-preset tensors are tiny: one intra-op thread is faster on a shared 2-core machine."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def _env():
+    return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
+
+
+# --- config --------------------------------------------------------------------------------------
+
+def test_config_presets_and_json_round_trip():
+    cfg = TrainConfig.from_preset("fast", attention="dual", seed=3)
+    d = cfg.to_dict()
+    assert json.loads(json.dumps(d)) == d and d["preset"] == "fast" and d["stage_epochs"] == [1, 1, 1]
+    assert TrainConfig.from_dict(d) == cfg
+    full = TrainConfig.from_preset("full")
+    assert (full.image_size, full.weights, full.dataset, full.stage_epochs) == (224, "DEFAULT", "voc", (5, 10, 15))
+    assert TrainConfig.from_preset("cpu", quick=True).stage_epochs == (2, 3, 3)
+    with pytest.raises(ValueError, match="no field"):
+        TrainConfig.from_preset("fast", learning_rate=1)
+    with pytest.raises(ValueError, match="takes no attention settings"):
+        TrainConfig.from_preset("fast", attention=None, reduction=8)
+
+
+def test_staged_and_single_schedules():
+    staged = build_schedule(TrainConfig.from_preset("cpu"))
+    assert [s.groups for s in staged][0] == ("attention", "head")
+    assert [s.lr for s in staged] == [0.01, 0.001, 0.0001]
+    single = build_schedule(TrainConfig.from_preset("cpu", schedule="single"))
+    assert len(single) == 1 and single[0].epochs == sum(s.epochs for s in staged)
+    assert set(single[0].groups) == {"attention", "head", "late", "early"}
+
+
+# --- the pretrained stand-in and C8 ---------------------------------------------------------------
+
+def test_standin_is_cached_and_loaded_through_weights(tmp_path):
+    path = pretrain_standin("mobilenet_v3_small", "fast", image_size=32, progress=False)
+    assert path == standin_path("mobilenet_v3_small", "fast", 32) and path.exists()
+    meta = json.loads(path.with_suffix(".json").read_text())
+    assert meta["spec"]["data"]["variant"] == "source" and meta["spec"]["seed"] != 0
+    t0 = time.perf_counter()
+    assert pretrain_standin("mobilenet_v3_small", "fast", image_size=32, progress=False) == path
+    assert time.perf_counter() - t0 < 1.0  # cached
+    state = torch.load(path, weights_only=True)
+    cfg = TrainConfig.from_preset("fast", attention="dual", identity_init=True)
+    torch.manual_seed(0)
+    model = build_model(cfg, weights=str(path))
+    own = model.state_dict()
+    backbone_keys = [k for k in state if not k.startswith("classifier.3.")]
+    # every pretrained tensor arrived untouched (C8 init ran on the attention module only) ...
+    assert all(torch.equal(own[k], state[k]) for k in backbone_keys)
+    # ... and with the identity start the model computes exactly what the plain pretrained model does
+    plain = build_classifier("mobilenet_v3_small", num_classes=20, weights=str(path))
+    plain.classifier[3].load_state_dict(model.classifier[3].state_dict())
+    model.eval(), plain.eval()
+    x = torch.randn(2, 3, 32, 32)
+    torch.testing.assert_close(model(x), plain(x))
+    # without identity_init the C8-initialised attention changes the output
+    other = build_model(TrainConfig.from_preset("fast", attention="dual"), weights=str(path)).eval()
+    other.classifier[3].load_state_dict(model.classifier[3].state_dict())
+    assert not torch.allclose(other(x), plain(x))
+    assert len(attention_modules(other)) == 1 and parameter_groups(other)["attention"]
+
+
+# --- end to end ----------------------------------------------------------------------------------
+
+def test_fast_run_summary_and_same_seed_same_metrics(tmp_path):
+    cfg = TrainConfig.from_preset("fast", attention="dual", seed=1)
+    a = train_classifier(cfg, tmp_path / "a", progress=False)
+    for key in ("mAP", "top1", "per_class_ap", "params_total", "params_trainable", "flops", "wall_time_s",
+                "images_per_s", "epochs", "seed", "config", "clip_fraction"):
+        assert key in a, key
+    assert len(a["per_class_ap"]) == 20 and a["epochs"] == 3 and a["config"]["seed"] == 1
+    assert a["params_trainable"] == a["params_total"]  # stage 3 trains everything
+    assert (tmp_path / "a" / "summary.json").exists() and (tmp_path / "a" / "log.csv").exists()
+    b = train_classifier(cfg.to_dict(), tmp_path / "b", progress=False)
+    assert (a["mAP"], a["top1"], a["val_loss"]) == (b["mAP"], b["top1"], b["val_loss"])
+
+
+def test_ablation_entry_point_takes_the_runners_config(tmp_path):
+    cfg = {"preset": "fast", "backbone": "mobilenet_v3_small", "seed": 0, "attention": None, "placement": None,
+           "reduction": None, "strength": None, "drop_rate": 0.0, "identity_init": False, "schedule": "single"}
+    s = train_from_ablation_config(cfg, tmp_path)
+    assert "history" not in s and s["config"]["schedule"] == "single" and s["epochs"] == 3
+    assert len(s["per_class_ap"]) == 20 and s["flops"] > 0
+
+
+def _cli(out_dir, *extra):
+    return [sys.executable, "-m", "sca_lib.train", "--preset", "fast", "--attention", "dual", "--seed", "2",
+            "--out-dir", str(out_dir), "--no-progress", *extra]
+
+
+def test_resume_after_sigkill_reaches_the_uninterrupted_metrics(tmp_path):
+    ref = train_classifier(TrainConfig.from_preset("fast", attention="dual", seed=2), tmp_path / "ref",
+                           progress=False)
+    run = tmp_path / "run"
+    proc = subprocess.Popen(_cli(run, "--pause-after-epoch", "30"), cwd=REPO, env=_env(),
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    ckpt = run / "checkpoint.pt"
+    deadline = time.time() + 60
+    while not ckpt.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    assert ckpt.exists(), proc.communicate()[0] if proc.poll() is not None else "no checkpoint within 60 s"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert torch.load(ckpt, weights_only=False)["epoch"] == 1
+    out = subprocess.run(_cli(run), cwd=REPO, env=_env(), capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "resuming" in out.stdout and "after epoch 1/3" in out.stdout
+    last = out.stdout.strip().splitlines()[-1]
+    assert last.startswith("done: mAP") and "images/s" in last
+    s = json.loads((run / "summary.json").read_text())
+    assert (s["mAP"], s["top1"], s["val_loss"]) == (ref["mAP"], ref["top1"], ref["val_loss"])
+    assert [r["epoch"] for r in map(json.loads, open(run / "log.jsonl"))] == [1, 2, 3]
+
+
+def test_divergence_guard_from_the_command_line(tmp_path):
+    out = subprocess.run(_cli(tmp_path, "--nan-at-step", "6"), cwd=REPO, env=_env(), capture_output=True,
+                         text=True, timeout=120)
+    assert out.returncode == 3
+    assert "global step 6 (epoch 2" in out.stderr and "after epoch 1) is kept" in out.stderr
+    assert torch.load(tmp_path / "checkpoint.pt", weights_only=False)["epoch"] == 1
+
+
+def test_uncached_voc_code_path_reads_a_devkit(tmp_path):
+    """The `full` preset's data path (VOCClassification + transforms, no in-memory cache), on the synthetic devkit."""
+    from sca_lib.data import synthetic_root
+    from sca_lib.train import build_datasets
+
+    from sca_lib.train import _synthetic_root
+
+    root = _synthetic_root("target", "fast", None, False)  # generated if missing (a second or two)
+    assert root == synthetic_root("target", "fast")
+    cfg = TrainConfig.from_preset("fast", dataset="voc", data_root=str(root), cache_images=False, val_images=5)
+    train_set, val_set, classes = build_datasets(cfg, verbose=False)
+    x, y, ig = train_set[0]
+    assert x.shape == (3, 32, 32) and y.shape == (20,) and ig.dtype == torch.bool and len(val_set) == 5
+    assert abs(float(x.mean())) < 3  # normalised with ImageNet's mean/std, not raw [0, 1]
