@@ -27,8 +27,10 @@ unit: $(VENV)/.installed
 nbval: $(VENV)/.installed
 	$(PY) -m pytest notebooks --nbval-lax --nbval-sanitize-with tests/nbval_sanitize.cfg --nbval-cell-timeout=900
 
-## make main: the main job (until the ablation runner exists: execute every notebook headless, in place)
-main: notebooks
+## make main: the main job: the `quick` ablation (4 variants x 3 seeds, synthetic devkit, ~10 min on 2 CPU cores)
+## with its summary table and figures in results/quick/. `make notebooks` re-executes every notebook in place.
+main: $(VENV)/.installed
+	$(PY) -m sca_lib.ablate --preset quick
 
 notebooks: $(VENV)/.installed
 	$(PY) -m sca_lib.notebooks execute notebooks/*.ipynb

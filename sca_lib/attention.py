@@ -156,7 +156,7 @@ class SpatialAttention(nn.Module):
 
 def _check_strength(name: str, value: float) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= float(value) <= 1.0:
-        raise ValueError(f"DualAttention expects `{name}` in [0, 1], got {value!r}")
+        raise ValueError(f"DualAttention (and LiteDualAttention) expects `{name}` in [0, 1], got {value!r}")
     return float(value)
 
 
@@ -197,9 +197,14 @@ class DualAttention(nn.Module):
     Shapes:
         x: (N, C, H, W) -> (N, C, H, W).
 
+    Initialisation: the constructor keeps PyTorch's default initialisation of the convolutions
+    (unless ``identity_init``); :meth:`reset_parameters` and :func:`init_attention_` apply the
+    article's C8 initialisation instead (Kaiming normal, fan_out), which saturates the spatial gate
+    on large features (notebook 01).
+
     Attention maps: set ``record_maps = True`` (or use :func:`record_attention`) and the last
     forward leaves ``last_maps = {"channel": (N, C) or None, "spatial": (N, 1, H, W) or None}``
-    (detached). When it is off nothing is stored.
+    (detached; with ``identity_init`` the gates range over (0, 2)). When it is off nothing is stored.
     """
 
     def __init__(
