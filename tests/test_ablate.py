@@ -148,3 +148,19 @@ def test_write_report_files(tmp_path):
     assert "variants/mAP" in tables
     with pytest.raises(FileNotFoundError, match="no results in"):
         report.write_report(tmp_path / "empty")
+
+
+def test_fast_preset_end_to_end_with_the_real_engine(tmp_path):
+    """The runner drives the real training engine: finished runs have metrics and are skipped on rerun."""
+    rows = ablate.run_grid("fast", tmp_path / "res", tmp_path / "runs", progress=False)
+    assert len(rows) == 4
+    for r in rows:
+        assert 0.0 <= r["mAP"] <= 1.0 and 0.0 <= r["top1"] <= 1.0 and len(r["per_class_ap"]) == 20
+        assert r["params_total"] > 0 and r["flops"] > 0 and r["images_per_s"] > 0
+        assert (tmp_path / "runs" / r["run_id"]).is_dir()
+    dual = [r for r in rows if r["config"]["attention"] == "dual"]
+    none = [r for r in rows if r["config"]["attention"] is None]
+    assert dual[0]["params_total"] > none[0]["params_total"]
+    calls = []
+    again = ablate.run_grid("fast", tmp_path / "res", tmp_path / "runs", progress=False, train_fn=fake_train(calls))
+    assert calls == [] and [r["run_id"] for r in again] == [r["run_id"] for r in rows]
