@@ -95,6 +95,8 @@ def results_frame(rows: List[Dict]) -> pd.DataFrame:
 def _label(study: str, row: pd.Series) -> str:
     knob = STUDY_KNOB.get(study, "attention")
     value = row[knob]
+    if isinstance(value, float) and value.is_integer() and knob == "reduction":
+        value = int(value)  # pandas turns an int column with None into floats
     if study == "variants":
         return str(value)
     if study == "placement":
