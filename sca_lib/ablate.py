@@ -118,6 +118,9 @@ PRESETS: Dict[str, Preset] = {
     "cpu": Preset(
         "cpu", "cpu", (0, 1, 2),
         (_variants_study(("mobilenet_v3_small",)),
+         Study("variants_single", "The same variants trained in one stage (whole network, LR 0.01)",
+               tuple({**v, "schedule": "single"} for v in _variants_study(("mobilenet_v3_small",)).variants),
+               ("mobilenet_v3_small",)),
          *_knob_studies("mobilenet_v3_small", ("after_features.3", "after_features.8", "after_features.12", "replace_se"))),
         description="The committed CPU study (results/cpu/): every study, 3 seeds, synthetic devkit.",
     ),

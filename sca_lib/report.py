@@ -46,7 +46,7 @@ ARTICLE_C11 = pd.DataFrame(
 )
 
 #: The column that names a run's setting within each study.
-STUDY_KNOB = {"variants": "attention", "placement": "placement", "reduction": "reduction",
+STUDY_KNOB = {"variants": "attention", "variants_single": "attention", "placement": "placement", "reduction": "reduction",
               "strength": "strength", "dropout": "drop_rate", "schedule": "schedule", "init": "identity_init"}
 
 
@@ -97,8 +97,10 @@ def _label(study: str, row: pd.Series) -> str:
     value = row[knob]
     if isinstance(value, float) and value.is_integer() and knob == "reduction":
         value = int(value)  # pandas turns an int column with None into floats
-    if study == "variants":
+    if study.startswith("variants"):
         return str(value)
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        value = "none (alpha=beta=1)" if knob == "strength" else "default"
     if study == "placement":
         return f"{row['attention']} @ {value or 'default'}" if row["attention"] != "none" else "none"
     return f"{knob}={value}"
@@ -109,8 +111,12 @@ def study_table(df: pd.DataFrame, study: str, metric: str = "mAP") -> pd.DataFra
     sub = df[df.study == study].copy()
     if sub.empty:
         return pd.DataFrame()
-    if study in ("variants", "placement"):  # reference: the same backbone without attention
+    if study.startswith("variants") or study == "placement":  # reference: same backbone, no attention
         refs = df[(df.attention == "none")]
+        if study == "variants_single":
+            refs = refs[refs.schedule == "single"]
+        else:
+            refs = refs[refs.schedule == "staged"]
     else:
         refs = None
     sub["setting"] = sub.apply(lambda r: _label(study, r), axis=1)
