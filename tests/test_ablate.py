@@ -31,7 +31,7 @@ def test_grid_is_deterministic_and_deduplicates_shared_configs():
     # the default dual model (reduction default, no dropout, staged, plain init) is shared by knob studies
     shared = [p for p in g1 if len(p["studies"]) > 1]
     assert shared, "knob studies should reuse the default dual runs instead of training them again"
-    assert {s for p in g1 for s in p["studies"]} == {"variants", "placement", "reduction", "strength", "dropout", "schedule", "init"}
+    assert {s for p in g1 for s in p["studies"]} == {"variants", "variants_single", "placement", "reduction", "strength", "dropout", "schedule", "init"}
     assert all(p["config"]["seed"] in (0, 1, 2) for p in g1)
 
 
