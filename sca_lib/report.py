@@ -76,10 +76,27 @@ def paired_difference(a: Dict[int, float], b: Dict[int, float]) -> Tuple[float, 
     return mean_ci([a[s] - b[s] for s in seeds])
 
 
+def _grid_studies(preset: Optional[str]) -> Dict[str, List[str]]:
+    """run id -> studies in the preset's *current* grid (a run made for one study can serve a later one)."""
+    from .ablate import PRESETS, build_grid
+
+    if preset not in PRESETS:
+        return {}
+    try:
+        return {p["run_id"]: p["studies"] for p in build_grid(preset)}
+    except ValueError:
+        return {}
+
+
 def results_frame(rows: List[Dict]) -> pd.DataFrame:
     """One row per (run, study it belongs to), config flattened, metrics in percent."""
     records = []
+    grids: Dict[str, Dict[str, List[str]]] = {}
     for r in rows:
+        preset = r.get("preset")
+        if preset not in grids:
+            grids[preset] = _grid_studies(preset)
+        studies = list(dict.fromkeys(list(r.get("studies", [r.get("study")])) + grids[preset].get(r["run_id"], [])))
         cfg = r["config"]
         base = {k: cfg.get(k) for k in ("backbone", "attention", "placement", "reduction", "strength",
                                         "drop_rate", "identity_init", "schedule", "seed")}
@@ -87,7 +104,7 @@ def results_frame(rows: List[Dict]) -> pd.DataFrame:
         base.update(run_id=r["run_id"], mAP=100 * float(r["mAP"]), top1=100 * float(r["top1"]),
                     params=r.get("params_total"), flops=r.get("flops"), wall_time_s=r.get("wall_time_s"),
                     images_per_s=r.get("images_per_s"), git_commit=r.get("git_commit"))
-        for study in r.get("studies", [r.get("study")]):
+        for study in studies:
             records.append({"study": study, **base})
     return pd.DataFrame(records)
 
@@ -129,6 +146,8 @@ def study_table(df: pd.DataFrame, study: str, metric: str = "mAP") -> pd.DataFra
         else:
             ref = grp[grp.setting == order[0]].set_index("seed")[metric].to_dict()
             ref_name = order[0]
+        if ref_name in order:  # the reference first
+            order = [ref_name] + [o for o in order if o != ref_name]
         for setting in order:
             g = grp[grp.setting == setting]
             m, lo, hi, n = mean_ci(g[metric].tolist())
