@@ -99,3 +99,31 @@ def test_run_mode_from_environment(monkeypatch):
     monkeypatch.setenv("SCA_MODE", "gpu")
     with pytest.raises(ValueError, match="expected one of fast, cpu, full"):
         get_mode()
+
+
+def test_clean_notebook_shrinks_large_png_outputs(tmp_path):
+    import base64
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    buf = io.BytesIO()
+    Image.fromarray(rng.integers(0, 255, (400, 400, 3), dtype=np.uint8)).save(buf, format="PNG")
+    big = base64.b64encode(buf.getvalue()).decode()
+    assert len(buf.getvalue()) > nbtools.MAX_PNG_BYTES
+    nb = {"cells": [{"cell_type": "code", "execution_count": 1, "source": "", "metadata": {},
+                     "outputs": [{"output_type": "display_data", "metadata": {}, "data": {"image/png": big}}]}],
+          "metadata": {}, "nbformat": 4, "nbformat_minor": 5}
+    path = tmp_path / "n.ipynb"
+    path.write_text(json.dumps(nb))
+    nbtools.clean_notebook(path)
+    out = json.loads(path.read_text())["cells"][0]["outputs"][0]["data"]["image/png"]
+    img = Image.open(io.BytesIO(base64.b64decode(out)))
+    assert img.size == (400, 400) and len(base64.b64decode(out)) < len(buf.getvalue())
+
+
+def test_committed_notebooks_are_small():
+    for path in NOTEBOOKS:
+        assert path.stat().st_size < 1_500_000, f"{path.name} is {path.stat().st_size/1e6:.1f} MB: run `make clean-notebooks`"
