@@ -27,7 +27,7 @@ unit: $(VENV)/.installed
 nbval: $(VENV)/.installed
 	$(PY) -m pytest notebooks --nbval-lax --nbval-sanitize-with tests/nbval_sanitize.cfg --nbval-cell-timeout=900
 
-## make main: the main job: the `quick` ablation (4 variants x 3 seeds, synthetic devkit, ~10 min on 2 CPU cores)
+## make main: the main job: the `quick` ablation (4 variants x 3 seeds, synthetic devkit, 5.5 min measured on 2 CPU cores in a fresh clone, data and stand-in included)
 ## with its summary table and figures in results/quick/. `make notebooks` re-executes every notebook in place.
 main: $(VENV)/.installed
 	$(PY) -m sca_lib.ablate --preset quick
