@@ -28,14 +28,6 @@ from sca_lib.backbones import (
 
 BACKBONES = ["vgg16", "resnet50", "mobilenet_v3_large", "resnet18", "mobilenet_v3_small"]
 ATTENTIONS = [None, "dual", "channel", "spatial", "lite"]
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """One intra-op thread: on a busy 2-core machine OpenMP's spinning threads make small convs
-    ~100x slower (measured: MobileNetV3 forward at 32x32, 2.1 s with 2 threads vs 0.012 s with 1)."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
 
 
 HEAVY = {"vgg16", "resnet50"}  # slow to build on CPU: the plain model and the default attention only

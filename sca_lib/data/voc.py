@@ -449,6 +449,17 @@ class VOCDetection(_VOCBase):
 # --------------------------------------------------------------------------------------------
 # Transforms and collation
 # --------------------------------------------------------------------------------------------
+def _finish_pipeline(ops: List[Any], train: bool, normalize: bool, mean: Sequence[float],
+                     std: Sequence[float]) -> v2.Compose:
+    """Append the steps both pipelines share: random flip (train), float conversion, normalisation."""
+    if train:
+        ops.append(v2.RandomHorizontalFlip())
+    ops.append(v2.ToDtype(torch.float32, scale=True))
+    if normalize:
+        ops.append(v2.Normalize(mean=list(mean), std=list(std)))
+    return v2.Compose(ops)
+
+
 def classification_transforms(size: Union[int, Tuple[int, int], None] = None, train: bool = False,
                               normalize: bool = False, mean: Sequence[float] = IMAGENET_MEAN,
                               std: Sequence[float] = IMAGENET_STD) -> v2.Compose:
@@ -461,12 +472,7 @@ def classification_transforms(size: Union[int, Tuple[int, int], None] = None, tr
     ops: List[Any] = [v2.ToImage()]
     if size is not None:
         ops.append(v2.Resize((size, size) if isinstance(size, int) else tuple(size), antialias=True))
-    if train:
-        ops.append(v2.RandomHorizontalFlip())
-    ops.append(v2.ToDtype(torch.float32, scale=True))
-    if normalize:
-        ops.append(v2.Normalize(mean=list(mean), std=list(std)))
-    return v2.Compose(ops)
+    return _finish_pipeline(ops, train, normalize, mean, std)
 
 
 def detection_transforms(size: Union[int, Tuple[int, int], None] = None, train: bool = False,
@@ -481,12 +487,7 @@ def detection_transforms(size: Union[int, Tuple[int, int], None] = None, train: 
     ops: List[Any] = [v2.ToImage()]
     if size is not None:
         ops.append(v2.Resize(size if isinstance(size, int) else tuple(size), max_size=max_size, antialias=True))
-    if train:
-        ops.append(v2.RandomHorizontalFlip())
-    ops.append(v2.ToDtype(torch.float32, scale=True))
-    if normalize:
-        ops.append(v2.Normalize(mean=list(mean), std=list(std)))
-    return v2.Compose(ops)
+    return _finish_pipeline(ops, train, normalize, mean, std)
 
 
 def detection_collate(batch: Sequence[Tuple[Any, Dict[str, Any]]]) -> Tuple[List[Any], List[Dict[str, Any]]]:
