@@ -17,7 +17,7 @@ from .attention import (
     list_attentions,
     record_attention,
 )
-from .config import RUN_MODES, default_device, get_mode
+from .config import MODES as RUN_MODES, default_device, get_mode
 
 __version__ = "0.1.0"
 

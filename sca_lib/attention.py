@@ -30,6 +30,7 @@ __all__ = [
     "AttnResBlock",
     "create_attention",
     "list_attentions",
+    "default_reduction",
     "init_attention_",
     "record_attention",
     "STRENGTH_PRESETS",
@@ -352,6 +353,13 @@ _REGISTRY: Dict[str, Callable[..., nn.Module]] = {
 def list_attentions() -> list:
     """Names accepted by :func:`create_attention` (and by ``build_classifier(attention=...)``)."""
     return sorted(_REGISTRY)
+
+
+def default_reduction(name: str) -> int:
+    """The reduction ratio a module built by ``create_attention(name, C)`` uses when none is given."""
+    if not isinstance(name, str) or name.lower() not in _REGISTRY:
+        raise ValueError(f"unknown attention {name!r}; expected one of {', '.join(list_attentions())}")
+    return 16 if name.lower().startswith("lite") else 8
 
 
 def create_attention(name: str, channels: int, **kwargs) -> nn.Module:
