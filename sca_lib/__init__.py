@@ -1,11 +1,13 @@
 """sca_lib: spatial + channel ("SCA-CNN"-style) attention for CNNs.
 
-The library behind the notebooks in ``notebooks/``. Public names are re-exported here; each
-submodule is importable on its own (``sca_lib.attention``, ...).
+The library behind the notebooks in ``notebooks/``. Every submodule is importable on its own; the
+public names a notebook uses are re-exported here, in pipeline order: attention modules, backbones
+and their cost, data, training, metrics, ablations and their report.
 """
 
+from .config import MODES, data_dir, default_device, get_mode, output_root
 from .attention import (
-    MODES,
+    MODES as ATTENTION_MODES,
     STRENGTH_PRESETS,
     AttnResBlock,
     ChannelAttention,
@@ -13,33 +15,12 @@ from .attention import (
     LiteDualAttention,
     SpatialAttention,
     create_attention,
+    default_reduction,
     init_attention_,
     list_attentions,
     record_attention,
 )
-from .config import MODES as RUN_MODES, default_device, get_mode
-
-__version__ = "0.1.0"
-
-__all__ = [
-    "MODES",
-    "STRENGTH_PRESETS",
-    "AttnResBlock",
-    "ChannelAttention",
-    "DualAttention",
-    "LiteDualAttention",
-    "SpatialAttention",
-    "create_attention",
-    "init_attention_",
-    "list_attentions",
-    "record_attention",
-    "RUN_MODES",
-    "default_device",
-    "get_mode",
-]
-
-# --- backbones + profile (issue 4: sca_lib/backbones.py, sca_lib/profile.py) ---
-# The profiler's `profile` function is not re-exported, so `sca_lib.profile` stays the module.
+from .spec import AttentionSpec
 from .backbones import (
     GROUPS,
     attention_modules,
@@ -51,46 +32,6 @@ from .backbones import (
     set_trainable,
 )
 from .profile import attention_cost, compare_latency, count_flops, count_parameters, measure_latency
-
-__all__ += [
-    "GROUPS",
-    "attention_modules",
-    "build_classifier",
-    "default_placement",
-    "list_backbones",
-    "list_placements",
-    "parameter_groups",
-    "set_trainable",
-    "attention_cost",
-    "compare_latency",
-    "count_flops",
-    "count_parameters",
-    "measure_latency",
-]
-
-# --- metrics + training engine (issue 5: sca_lib/metrics.py, sca_lib/engine.py, sca_lib/train/) ---
-from .engine import DivergenceError, Stage, Trainer, expand_schedule, single_stage_schedule, staged_schedule
-from .metrics import average_precision, classification_metrics, mean_average_precision, per_class_ap, top1_accuracy
-from .train import TrainConfig, pretrain_standin, train_classifier
-
-__all__ += [
-    "DivergenceError",
-    "Stage",
-    "Trainer",
-    "expand_schedule",
-    "single_stage_schedule",
-    "staged_schedule",
-    "average_precision",
-    "classification_metrics",
-    "mean_average_precision",
-    "per_class_ap",
-    "top1_accuracy",
-    "TrainConfig",
-    "pretrain_standin",
-    "train_classifier",
-]
-
-# --- data (issue 3: sca_lib/data/) ---
 from .data import (
     VOC_CLASSES,
     VOCClassification,
@@ -102,15 +43,44 @@ from .data import (
     ensure_synthetic,
     generate_synthetic_voc,
 )
+from .schedule import Stage, expand_schedule, single_stage_schedule, staged_schedule
+from .losses import masked_bce_with_logits
+from .engine import DivergenceError, Trainer
+from .standin import pretrain_standin
+from .metrics import average_precision, classification_metrics, mean_average_precision, per_class_ap, top1_accuracy
 
-__all__ += [
-    "VOC_CLASSES",
-    "VOCClassification",
-    "VOCDetection",
-    "classification_transforms",
-    "detection_collate",
-    "detection_transforms",
-    "download_voc",
-    "ensure_synthetic",
-    "generate_synthetic_voc",
+__version__ = "0.1.0"
+
+# `python -m sca_lib.train` runs that module as __main__: importing it here first would make runpy
+# warn, so its names load on first use
+_LAZY = {"TrainConfig": "train", "train_classifier": "train"}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+    raise AttributeError(f"module 'sca_lib' has no attribute {name!r}")
+
+
+__all__ = [
+    # run mode and paths
+    "MODES", "get_mode", "default_device", "output_root", "data_dir",
+    # attention
+    "ATTENTION_MODES", "STRENGTH_PRESETS", "AttnResBlock", "ChannelAttention", "DualAttention", "LiteDualAttention",
+    "SpatialAttention", "create_attention", "default_reduction", "init_attention_", "list_attentions",
+    "record_attention", "AttentionSpec",
+    # backbones and cost
+    "GROUPS", "attention_modules", "build_classifier", "default_placement", "list_backbones", "list_placements",
+    "parameter_groups", "set_trainable", "attention_cost", "compare_latency", "count_flops", "count_parameters",
+    "measure_latency",
+    # data
+    "VOC_CLASSES", "VOCClassification", "VOCDetection", "classification_transforms", "detection_collate",
+    "detection_transforms", "download_voc", "ensure_synthetic", "generate_synthetic_voc",
+    # training
+    "Stage", "expand_schedule", "single_stage_schedule", "staged_schedule", "masked_bce_with_logits",
+    "DivergenceError", "Trainer", "pretrain_standin", "TrainConfig", "train_classifier",
+    # metrics
+    "average_precision", "classification_metrics", "mean_average_precision", "per_class_ap", "top1_accuracy",
 ]

@@ -10,17 +10,10 @@ import torch
 from torch import nn
 from torch.utils.data import TensorDataset
 
-from sca_lib.engine import (
-    DivergenceError,
-    Stage,
-    Trainer,
-    atomic_save,
-    expand_schedule,
-    masked_bce_with_logits,
-    schedule_from_dicts,
-    single_stage_schedule,
-    staged_schedule,
-)
+from sca_lib._io import atomic_save
+from sca_lib.engine import DivergenceError, Trainer
+from sca_lib.losses import masked_bce_with_logits
+from sca_lib.schedule import Stage, expand_schedule, schedule_from_dicts, single_stage_schedule, staged_schedule
 
 
 
@@ -238,8 +231,21 @@ def test_atomic_save_leaves_no_temp_file(tmp_path):
     assert torch.equal(torch.load(tmp_path / "x.pt")["a"], torch.ones(2))
 
 
+def nan_at_call(k):
+    """The masked BCE, except that its k-th call (global step k) returns NaN."""
+    calls = []
+
+    def loss(logits, y, ig):
+        if logits.requires_grad:  # a training step (evaluation calls the loss too, without grad)
+            calls.append(1)
+        out = masked_bce_with_logits(logits, y, ig)
+        return out * float("nan") if logits.requires_grad and len(calls) == k else out
+
+    return loss
+
+
 def test_divergence_guard_names_the_step_and_keeps_the_last_good_checkpoint(tmp_path):
-    t = make_trainer(tmp_path, nan_at_step=5)  # 3 steps per epoch: step 5 is in epoch 2
+    t = make_trainer(tmp_path, loss_fn=nan_at_call(5))  # 3 steps per epoch: step 5 is in epoch 2
     with pytest.raises(DivergenceError, match=r"global step 5 \(epoch 2") as e:
         t.fit()
     assert "checkpoint" in str(e.value) and "after epoch 1" in str(e.value)
@@ -258,3 +264,50 @@ def test_logs_hold_one_row_per_epoch(tmp_path):
                 "images_per_s"):
         assert key in rows[0]
     assert math.isfinite(s["mAP"]) and 0 <= s["top1"] <= 1 and len(s["per_class_ap"]) == 5
+
+
+class NaNAtEval(nn.Module):
+    """Wraps a model; once ``broken`` is set its eval-mode outputs are NaN (training stays finite)."""
+
+    def __init__(self, inner):
+        super().__init__()
+        self.inner, self.broken = inner, False
+
+    def forward(self, x):
+        out = self.inner(x)
+        return out * float("nan") if self.broken and not self.training else out
+
+
+def test_divergence_seen_only_at_evaluation_is_a_divergence_error(tmp_path):
+    torch.manual_seed(0)
+    inner = Tiny()
+    model = NaNAtEval(inner)
+
+    class Break:
+        def on_epoch_end(self, trainer, record):
+            model.broken = True  # from epoch 2 on, evaluation sees NaN scores
+
+    t = Trainer(model, inner.groups(), staged_schedule((1, 1, 1)), data(), data(24, 1), out_dir=tmp_path,
+                batch_size=16, progress=False, callbacks=[Break()])
+    with pytest.raises(DivergenceError, match=r"evaluation produced non-finite scores .*epoch 2") as e:
+        t.fit()
+    assert "after epoch 1) is kept" in str(e.value)
+    assert torch.load(tmp_path / "checkpoint.pt", weights_only=False)["epoch"] == 1
+
+
+def test_stale_temp_files_of_a_killed_run_are_removed_live_ones_kept(tmp_path):
+    import os
+
+    dead = tmp_path / ".checkpoint.pt.tmp999999999"  # no such process
+    live = tmp_path / f".log.csv.tmp{os.getpid()}"
+    dead.write_bytes(b"partial")
+    live.write_bytes(b"being written")
+    make_trainer(tmp_path)
+    assert not dead.exists() and live.exists()
+
+
+def test_an_empty_training_set_is_refused(tmp_path):
+    model = Tiny()
+    empty = TensorDataset(torch.zeros(0, 3, 8, 8), torch.zeros(0, 5))
+    with pytest.raises(ValueError, match="training set is empty"):
+        Trainer(model, model.groups(), staged_schedule((1, 1, 1)), empty, None, out_dir=tmp_path, progress=False)

@@ -1,4 +1,4 @@
-"""DistributedDataParallel on CPU: `torchrun --nproc_per_node=2 -m sca_lib.train --preset fast` (gloo)."""
+"""DistributedDataParallel on CPU: `torchrun --nproc_per_node=2 -m sca_lib.train --mode fast` (gloo)."""
 
 import json
 import os
@@ -15,7 +15,7 @@ def test_torchrun_two_cpu_processes(tmp_path):
     torchrun = shutil.which("torchrun", path=str(Path(sys.executable).parent)) or shutil.which("torchrun")
     cmd = ([torchrun] if torchrun else [sys.executable, "-m", "torch.distributed.run"]) + [
         "--nproc_per_node=2", "--standalone",
-        "-m", "sca_lib.train", "--preset", "fast", "--attention", "dual", "--out-dir", str(tmp_path),
+        "-m", "sca_lib.train", "--mode", "fast", "--attention", "dual", "--out-dir", str(tmp_path),
         "--no-progress",
     ]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}

@@ -1,4 +1,4 @@
-"""sca_lib.train on the real backbones and the synthetic devkit (fast preset): config, the pretrained
+"""sca_lib.train on the real backbones and the synthetic devkit (fast mode): config, the pretrained
 stand-in through weights=, C8 init on new modules only, seeds, resume after SIGKILL, DDP (gloo)."""
 
 import json
@@ -17,11 +17,10 @@ from sca_lib.train import (
     TrainConfig,
     build_model,
     build_schedule,
-    pretrain_standin,
-    standin_path,
     train_classifier,
-    train_from_ablation_config,
+    train_from_config,
 )
+from sca_lib.standin import pretrain_standin, standin_path, synthetic_devkit
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -34,25 +33,35 @@ def _env():
 
 # --- config --------------------------------------------------------------------------------------
 
-def test_config_presets_and_json_round_trip():
-    cfg = TrainConfig.from_preset("fast", attention="dual", seed=3)
+def test_config_modes_and_json_round_trip():
+    cfg = TrainConfig.from_mode("fast", attention="dual", seed=3)
     d = cfg.to_dict()
-    assert json.loads(json.dumps(d)) == d and d["preset"] == "fast" and d["stage_epochs"] == [1, 1, 1]
+    assert json.loads(json.dumps(d)) == d and d["mode"] == "fast" and d["stage_epochs"] == [1, 1, 1]
     assert TrainConfig.from_dict(d) == cfg
-    full = TrainConfig.from_preset("full")
+    full = TrainConfig.from_mode("full")
     assert (full.image_size, full.weights, full.dataset, full.stage_epochs) == (224, "DEFAULT", "voc", (5, 10, 15))
-    assert TrainConfig.from_preset("cpu", quick=True).stage_epochs == (2, 3, 3)
+    assert TrainConfig.from_mode("cpu", quick=True).stage_epochs == (2, 3, 3)
     with pytest.raises(ValueError, match="no field"):
-        TrainConfig.from_preset("fast", learning_rate=1)
+        TrainConfig.from_mode("fast", learning_rate=1)
     with pytest.raises(ValueError, match="takes no attention settings"):
-        TrainConfig.from_preset("fast", attention=None, reduction=8)
+        TrainConfig.from_mode("fast", attention=None, reduction=8)
+    # the attention settings live in one AttentionSpec and are stored flat
+    assert cfg.attention.kind == "dual" and d["attention"] == "dual" and "reduction" in d
+    assert TrainConfig.from_mode("FAST").mode == "fast"
+    with pytest.raises(ValueError, match="expected one of fast, cpu, full"):
+        TrainConfig.from_mode("bogus")
+    with pytest.raises(ValueError, match="train_images must be a positive number"):
+        TrainConfig.from_mode("fast", train_images=0)
+    # a config written before the run mode had one name still loads
+    legacy = {k: v for k, v in d.items() if k not in ("mode", "alpha", "beta")}
+    assert TrainConfig.from_dict({**legacy, "preset": "fast", "data_preset": "fast", "nan_at_step": None}) == cfg
 
 
 def test_staged_and_single_schedules():
-    staged = build_schedule(TrainConfig.from_preset("cpu"))
+    staged = build_schedule(TrainConfig.from_mode("cpu"))
     assert [s.groups for s in staged][0] == ("attention", "head")
     assert [s.lr for s in staged] == [0.01, 0.001, 0.0001]
-    single = build_schedule(TrainConfig.from_preset("cpu", schedule="single"))
+    single = build_schedule(TrainConfig.from_mode("cpu", schedule="single"))
     assert len(single) == 1 and single[0].epochs == sum(s.epochs for s in staged)
     assert set(single[0].groups) == {"attention", "head", "late", "early"}
 
@@ -68,7 +77,7 @@ def test_standin_is_cached_and_loaded_through_weights(tmp_path):
     assert pretrain_standin("mobilenet_v3_small", "fast", image_size=32, progress=False) == path
     assert time.perf_counter() - t0 < 1.0  # cached
     state = torch.load(path, weights_only=True)
-    cfg = TrainConfig.from_preset("fast", attention="dual", identity_init=True)
+    cfg = TrainConfig.from_mode("fast", attention="dual", identity_init=True)
     torch.manual_seed(0)
     model = build_model(cfg, weights=str(path))
     own = model.state_dict()
@@ -82,7 +91,7 @@ def test_standin_is_cached_and_loaded_through_weights(tmp_path):
     x = torch.randn(2, 3, 32, 32)
     torch.testing.assert_close(model(x), plain(x))
     # without identity_init the C8-initialised attention changes the output
-    other = build_model(TrainConfig.from_preset("fast", attention="dual"), weights=str(path)).eval()
+    other = build_model(TrainConfig.from_mode("fast", attention="dual"), weights=str(path)).eval()
     other.classifier[3].load_state_dict(model.classifier[3].state_dict())
     assert not torch.allclose(other(x), plain(x))
     assert len(attention_modules(other)) == 1 and parameter_groups(other)["attention"]
@@ -91,7 +100,7 @@ def test_standin_is_cached_and_loaded_through_weights(tmp_path):
 # --- end to end ----------------------------------------------------------------------------------
 
 def test_fast_run_summary_and_same_seed_same_metrics(tmp_path):
-    cfg = TrainConfig.from_preset("fast", attention="dual", seed=1)
+    cfg = TrainConfig.from_mode("fast", attention="dual", seed=1)
     a = train_classifier(cfg, tmp_path / "a", progress=False)
     for key in ("mAP", "top1", "per_class_ap", "params_total", "params_trainable", "flops", "wall_time_s",
                 "images_per_s", "epochs", "seed", "config", "clip_fraction"):
@@ -104,23 +113,39 @@ def test_fast_run_summary_and_same_seed_same_metrics(tmp_path):
 
 
 def test_ablation_entry_point_takes_the_runners_config(tmp_path):
-    cfg = {"preset": "fast", "backbone": "mobilenet_v3_small", "seed": 0, "attention": None, "placement": None,
+    cfg = {"mode": "fast", "backbone": "mobilenet_v3_small", "seed": 0, "attention": None, "placement": None,
            "reduction": None, "strength": None, "drop_rate": 0.0, "identity_init": False, "schedule": "single"}
-    s = train_from_ablation_config(cfg, tmp_path)
+    s = train_from_config(cfg, tmp_path)
     assert "history" not in s and s["config"]["schedule"] == "single" and s["epochs"] == 3
     assert len(s["per_class_ap"]) == 20 and s["flops"] > 0
 
 
 def _cli(out_dir, *extra):
-    return [sys.executable, "-m", "sca_lib.train", "--preset", "fast", "--attention", "dual", "--seed", "2",
+    return [sys.executable, "-m", "sca_lib.train", "--mode", "fast", "--attention", "dual", "--seed", "2",
             "--out-dir", str(out_dir), "--no-progress", *extra]
 
 
+# The command line with a callback that sleeps after every epoch's checkpoint, so the test can kill
+# the run between epochs (the test's own hook: the library has no pause option).
+_PAUSED_CLI = """
+import sys, time
+from sca_lib import train
+
+class Pause:
+    def on_epoch_end(self, trainer, record):
+        time.sleep(30)
+
+plain = train.train_classifier
+train.train_classifier = lambda *a, **k: plain(*a, **{**k, "callbacks": [Pause()]})
+sys.exit(train.main(sys.argv[1:]))
+"""
+
+
 def test_resume_after_sigkill_reaches_the_uninterrupted_metrics(tmp_path):
-    ref = train_classifier(TrainConfig.from_preset("fast", attention="dual", seed=2), tmp_path / "ref",
+    ref = train_classifier(TrainConfig.from_mode("fast", attention="dual", seed=2), tmp_path / "ref",
                            progress=False)
     run = tmp_path / "run"
-    proc = subprocess.Popen(_cli(run, "--pause-after-epoch", "30"), cwd=REPO, env=_env(),
+    proc = subprocess.Popen([sys.executable, "-c", _PAUSED_CLI] + _cli(run)[3:], cwd=REPO, env=_env(),
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     ckpt = run / "checkpoint.pt"
     deadline = time.time() + 60
@@ -140,25 +165,54 @@ def test_resume_after_sigkill_reaches_the_uninterrupted_metrics(tmp_path):
     assert [r["epoch"] for r in map(json.loads, open(run / "log.jsonl"))] == [1, 2, 3]
 
 
-def test_divergence_guard_from_the_command_line(tmp_path):
-    out = subprocess.run(_cli(tmp_path, "--nan-at-step", "6"), cwd=REPO, env=_env(), capture_output=True,
-                         text=True, timeout=120)
-    assert out.returncode == 3
-    assert "global step 6 (epoch 2" in out.stderr and "after epoch 1) is kept" in out.stderr
-    assert torch.load(tmp_path / "checkpoint.pt", weights_only=False)["epoch"] == 1
+def test_divergence_seen_at_evaluation_exits_3_without_a_traceback(tmp_path):
+    # at LR 100 the clipped steps keep the loss finite, but the weights blow up: the scores are NaN
+    out = subprocess.run(_cli(tmp_path, "--schedule", "single", "--single-lr", "100"), cwd=REPO, env=_env(),
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 3, out.stdout + out.stderr
+    assert "evaluation produced non-finite scores" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_bad_settings_exit_2_with_the_reason(tmp_path):
+    out = subprocess.run(_cli(tmp_path, "--train-images", "0"), cwd=REPO, env=_env(), capture_output=True,
+                         text=True, timeout=60)
+    assert out.returncode == 2 and "train_images must be a positive number" in out.stderr
 
 
 def test_uncached_voc_code_path_reads_a_devkit(tmp_path):
-    """The `full` preset's data path (VOCClassification + transforms, no in-memory cache), on the synthetic devkit."""
+    """The `full` mode's data path (VOCClassification + transforms, no in-memory cache), on the synthetic devkit."""
     from sca_lib.data import synthetic_root
     from sca_lib.train import build_datasets
 
-    from sca_lib.train import _synthetic_root
-
-    root = _synthetic_root("target", "fast", None, False)  # generated if missing (a second or two)
+    root = synthetic_devkit("target", "fast")  # generated if missing (a second or two)
     assert root == synthetic_root("target", "fast")
-    cfg = TrainConfig.from_preset("fast", dataset="voc", data_root=str(root), cache_images=False, val_images=5)
+    cfg = TrainConfig.from_mode("fast", dataset="voc", data_root=str(root), cache_images=False, val_images=5)
     train_set, val_set, classes = build_datasets(cfg, verbose=False)
     x, y, ig = train_set[0]
     assert x.shape == (3, 32, 32) and y.shape == (20,) and ig.dtype == torch.bool and len(val_set) == 5
     assert abs(float(x.mean())) < 3  # normalised with ImageNet's mean/std, not raw [0, 1]
+
+
+_STANDIN = "from sca_lib.standin import pretrain_standin; print(pretrain_standin('mobilenet_v3_small', 'fast', 32))"
+
+
+def test_two_processes_needing_the_same_standin_train_it_once(tmp_path):
+    env = {**_env(), "SCA_DATA_DIR": str(tmp_path)}
+    procs = [subprocess.Popen([sys.executable, "-c", _STANDIN], cwd=REPO, env=env, stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, text=True) for _ in range(2)]
+    outs = [p.communicate(timeout=300)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outs
+    assert sum("pre-training the stand-in" in o for o in outs) == 1, outs  # one trains, the other waits
+    paths = {o.strip().splitlines()[-1] for o in outs}
+    assert len(paths) == 1 and Path(paths.pop()).is_relative_to(tmp_path / "pretrained")
+
+
+def test_the_standin_cache_follows_data_root(tmp_path, monkeypatch):
+    monkeypatch.setenv("SCA_DATA_DIR", str(tmp_path / "default"))
+    assert standin_path("resnet18", "fast", 32).parent == tmp_path / "default" / "pretrained"
+    cfg = TrainConfig.from_mode("fast", attention=None, data_root=str(tmp_path / "mine"))
+    from sca_lib.train import _resolve_weights
+
+    path = Path(_resolve_weights(cfg, progress=False))
+    assert path.parent == tmp_path / "mine" / "pretrained" and path.exists()
+    assert not (tmp_path / "default").exists()

@@ -1,0 +1,59 @@
+"""BatchNorm during staged fine-tuning: frozen layers keep their running statistics, and
+:func:`recalibrate_batchnorm` re-estimates them exactly when they lag behind the weights."""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+
+__all__ = ["freeze_frozen_bn", "recalibrate_batchnorm"]
+
+
+def freeze_frozen_bn(model: nn.Module) -> None:
+    """Put BatchNorm layers whose affine parameters are frozen in eval mode (running stats fixed)."""
+    for m in model.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            params = [p for p in m.parameters(recurse=False)]
+            if params and not any(p.requires_grad for p in params):
+                m.eval()
+
+
+@torch.no_grad()
+def recalibrate_batchnorm(model: nn.Module, dataset: Dataset, batch_size: int = 64,
+                          max_batches: Optional[int] = None, device: Optional[torch.device] = None) -> int:
+    """Recompute every BatchNorm's running mean/var as the exact average over ``dataset``.
+
+    torchvision's MobileNetV3 uses BatchNorm momentum 0.01, so after a short training from scratch
+    the running statistics still lag far behind the weights and eval-mode predictions collapse
+    (measured: source-val top-1 at chance in eval mode, 0.29 with batch statistics). One pass with
+    ``momentum=None`` (cumulative average) over the training images fixes that. Returns the number
+    of batches used. Items are ``(image, ...)``; only images are used.
+    """
+    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    if not bns:
+        return 0
+    device = device or next(model.parameters()).device
+    saved = [(m, m.momentum, m.training) for m in bns]
+    for m in bns:
+        m.reset_running_stats()
+        m.momentum = None
+    was = model.training
+    model.train()
+    n = 0
+    try:
+        for batch in DataLoader(dataset, batch_size=batch_size, shuffle=False):
+            x = batch[0] if isinstance(batch, (list, tuple)) else batch
+            model(x.to(device))
+            n += 1
+            if max_batches is not None and n >= max_batches:
+                break
+    finally:
+        for m, mom, tr in saved:
+            m.momentum = mom
+        model.train(was)
+    return n
+
+

@@ -1,0 +1,375 @@
+"""Train one classifier with the article's staged recipe (claims C6-C9): the config and the CLI.
+
+    python -m sca_lib.train --mode cpu --backbone mobilenet_v3_small --attention lite
+    python -m sca_lib.train --mode full --backbone resnet50 --attention dual       # a GPU, real VOC
+    torchrun --nproc_per_node=2 -m sca_lib.train --mode fast                        # DDP (gloo on CPU)
+
+One :class:`TrainConfig` describes a run; :func:`train_classifier` builds data, model and schedule
+from it and runs :class:`sca_lib.engine.Trainer`. What each run mode sets (:data:`MODE_DEFAULTS`):
+
+- ``fast``: CI plumbing. The synthetic devkit's fast size at 32 px, stages of 1 epoch each, the
+  fast stand-in backbone.
+- ``cpu``: small but real on a 2-core CPU. The synthetic devkit's cpu size (800 train / 400 val)
+  at 96 px, stages of 4, 5 and 5 epochs, the backbone pre-trained on the synthetic source set
+  (:mod:`sca_lib.standin`). On a machine shared with other jobs use ``OMP_NUM_THREADS=1``.
+- ``full``: the article's protocol for a GPU. Real VOC2012 train/val, ImageNet weights, 224 px,
+  stages of 5, 10 and 15 epochs (C6 gives 1-5, 6-15 and "16+"; we stop stage 3 after 15 epochs),
+  AMP and channels_last.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import dataclasses
+import sys
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+
+import torch
+from torch import nn
+from torch.utils.data import Dataset, Subset
+
+from ._io import atomic_write_text, json_hash, jsonable
+from .attention import init_attention_
+from .backbones import attention_modules, build_classifier, parameter_groups, set_trainable
+from .config import MODES, check_mode, data_dir, repo_root, runs_dir
+from .data import VOCClassification, classification_transforms
+from .data.cached import CachedImages
+from .distributed import init_distributed
+from .engine import DivergenceError, Trainer
+from .profile import count_flops, count_parameters
+from .schedule import Stage, schedule_from_dicts, single_stage_schedule, staged_schedule
+from .spec import SPEC_KEYS, AttentionSpec
+from .standin import pretrain_standin, synthetic_devkit
+
+__all__ = ["TrainConfig", "MODE_DEFAULTS", "QUICK_STAGE_EPOCHS", "train_classifier", "train_from_config",
+           "build_schedule", "build_model", "build_datasets", "main"]
+
+#: What each run mode sets; everything else keeps the :class:`TrainConfig` defaults.
+MODE_DEFAULTS: Dict[str, Dict[str, Any]] = {
+    "fast": dict(dataset="synthetic", image_size=32, batch_size=16, stage_epochs=(1, 1, 1), weights="standin",
+                 backbone="mobilenet_v3_small", cache_images=True, num_workers=0),
+    "cpu": dict(dataset="synthetic", image_size=96, batch_size=32, stage_epochs=(4, 5, 5), weights="standin",
+                backbone="mobilenet_v3_small", cache_images=True, num_workers=0),
+    "full": dict(dataset="voc", image_size=224, batch_size=64, stage_epochs=(5, 10, 15), weights="DEFAULT",
+                 backbone="resnet50", cache_images=False, num_workers=8),
+}
+
+#: ``quick=True`` (the README's short ablation): the mode's settings with these stage lengths.
+QUICK_STAGE_EPOCHS = (2, 3, 3)
+
+_LEGACY_KEYS = {"preset": "mode"}  # configs written before the run mode had one name
+_DROPPED_KEYS = ("data_preset", "nan_at_step")
+
+
+@dataclass
+class TrainConfig:
+    """Everything one training run depends on (JSON-serialisable; the ablation runner hashes it).
+
+    Model: ``backbone`` and ``attention`` (a :class:`~sca_lib.spec.AttentionSpec`; a name or None
+    is turned into one; :meth:`from_mode` also takes the spec's fields as flat keywords).
+    Schedule: ``"staged"`` is C6 (``stage_epochs``, ``stage_lrs``; stage 1 attention + head, stage
+    2 + late backbone, stage 3 everything); ``"single"`` trains the whole network at ``single_lr``
+    for the same number of epochs; a list of stage dicts gives any schedule.
+    Data: ``dataset="synthetic"`` (the devkit of the mode's size under ``data_root``, default the
+    data dir) or ``"voc"`` (real VOC2012 under ``data_root``); ``train_images`` / ``val_images``
+    keep the first N images. Weights: ``"standin"``, ``"DEFAULT"`` (ImageNet), None or a path.
+    """
+
+    mode: str = "cpu"
+    backbone: str = "mobilenet_v3_small"
+    attention: AttentionSpec = field(default_factory=lambda: AttentionSpec("dual"))
+    schedule: Union[str, List[Dict[str, Any]]] = "staged"
+    stage_epochs: Tuple[int, int, int] = (4, 5, 5)
+    stage_lrs: Tuple[float, float, float] = (0.01, 0.001, 0.0001)
+    single_lr: float = 0.01
+    image_size: int = 96
+    batch_size: int = 32
+    seed: int = 0
+    dataset: str = "synthetic"
+    data_root: Optional[str] = None
+    train_images: Optional[int] = None
+    val_images: Optional[int] = None
+    weights: Optional[str] = "standin"
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    max_grad_norm: Optional[float] = 2.0
+    num_workers: int = 0
+    cache_images: bool = True
+    eval_every: int = 1
+    quick: bool = False
+
+    def __post_init__(self) -> None:
+        self.mode = check_mode(self.mode, "mode")
+        if not isinstance(self.attention, AttentionSpec):
+            self.attention = (AttentionSpec.from_flat(self.attention) if isinstance(self.attention, dict)
+                              else AttentionSpec(self.attention))
+        self.stage_epochs = tuple(int(e) for e in self.stage_epochs)  # type: ignore[assignment]
+        self.stage_lrs = tuple(float(v) for v in self.stage_lrs)  # type: ignore[assignment]
+        if len(self.stage_epochs) != 3 or len(self.stage_lrs) != 3:
+            raise ValueError(f"stage_epochs and stage_lrs need 3 entries (C6's three stages), got "
+                             f"{self.stage_epochs} and {self.stage_lrs}")
+        if self.dataset not in ("synthetic", "voc"):
+            raise ValueError(f"dataset must be 'synthetic' or 'voc', got {self.dataset!r}")
+        if self.dataset == "synthetic" and self.mode == "full":
+            raise ValueError("the synthetic devkit has fast and cpu sizes only; mode 'full' uses dataset='voc'")
+        if isinstance(self.schedule, str) and self.schedule not in ("staged", "single"):
+            raise ValueError(f"schedule must be 'staged', 'single' or a list of stage dicts, got {self.schedule!r}")
+        for name in ("train_images", "val_images"):
+            n = getattr(self, name)
+            if n is not None and (isinstance(n, bool) or int(n) < 1):
+                raise ValueError(f"{name} must be a positive number of images or None (all), got {n!r}")
+
+    @classmethod
+    def from_mode(cls, mode: str = "cpu", **overrides: Any) -> "TrainConfig":
+        """The mode's settings (:data:`MODE_DEFAULTS`) with ``overrides`` on top.
+
+        The attention spec's fields may be given flat (``attention="dual", reduction=16``).
+        ``quick=True`` shortens the stages to :data:`QUICK_STAGE_EPOCHS` unless ``stage_epochs`` is
+        given. Unknown keys raise ValueError listing the valid ones.
+        """
+        mode = check_mode(mode, "mode")
+        names = {f.name for f in dataclasses.fields(cls)} | set(SPEC_KEYS)
+        unknown = sorted(set(overrides) - names)
+        if unknown:
+            raise ValueError(f"TrainConfig has no field(s) {unknown}; valid fields: {', '.join(sorted(names))}")
+        kw: Dict[str, Any] = dict(MODE_DEFAULTS[mode])
+        if overrides.get("quick") and "stage_epochs" not in overrides:
+            kw["stage_epochs"] = QUICK_STAGE_EPOCHS
+        spec = overrides.pop("attention", "dual")
+        flat = {k: overrides.pop(k) for k in SPEC_KEYS if k in overrides}
+        if isinstance(spec, AttentionSpec):
+            spec = dataclasses.replace(spec, **flat)
+        else:
+            spec = AttentionSpec.from_flat({"attention": spec, **flat})
+        kw.update(overrides)
+        return cls(mode=mode, attention=spec, **{k: v for k, v in kw.items() if k != "mode"})
+
+    @classmethod
+    def from_dict(cls, d: Dict[str, Any]) -> "TrainConfig":
+        """The inverse of :meth:`to_dict`; also reads configs written by earlier versions."""
+        d = {_LEGACY_KEYS.get(k, k): v for k, v in d.items() if k not in _DROPPED_KEYS}
+        return cls.from_mode(d.pop("mode", "cpu"), **d)
+
+    def to_dict(self) -> Dict[str, Any]:
+        """A flat JSON-ready dict: the attention spec's fields at the top level (tuples as lists)."""
+        out: Dict[str, Any] = {}
+        for f in dataclasses.fields(self):
+            if f.name == "attention":
+                out.update(self.attention.to_flat())
+            else:
+                out[f.name] = getattr(self, f.name)
+        return jsonable(out)
+
+
+def build_schedule(config: TrainConfig) -> List[Stage]:
+    """The config's schedule as a list of :class:`~sca_lib.schedule.Stage`."""
+    if isinstance(config.schedule, list):
+        return schedule_from_dicts(config.schedule)
+    if config.schedule == "single":
+        return single_stage_schedule(sum(config.stage_epochs), config.single_lr)
+    return staged_schedule(config.stage_epochs, config.stage_lrs)
+
+
+def build_datasets(config: TrainConfig, verbose: bool = True) -> Tuple[Dataset, Dataset, Tuple[str, ...]]:
+    """``(train_set, val_set, class_names)`` for the config (generating a synthetic devkit if missing)."""
+    if config.dataset == "synthetic":
+        root = synthetic_devkit("target", config.mode, config.data_root, verbose)
+    else:
+        root = Path(config.data_root) if config.data_root else data_dir()
+    sets = []
+    for split, train in (("train", True), ("val", False)):
+        ds = VOCClassification(root, year="2012", split=split, skip_bad=config.dataset == "voc",
+                               transform=classification_transforms(config.image_size, train=train, normalize=True))
+        classes = ds.classes
+        n = config.train_images if train else config.val_images
+        if config.cache_images:
+            if n is not None:
+                ds.ids, ds.labels = ds.ids[: int(n)], ds.labels[: int(n)]
+            ds = CachedImages(ds, config.image_size, train)
+        elif n is not None and n < len(ds):
+            sub = Subset(ds, list(range(int(n))))
+            sub.classes = classes  # type: ignore[attr-defined]
+            ds = sub
+        sets.append(ds)
+    return sets[0], sets[1], tuple(classes)
+
+
+def _resolve_weights(config: TrainConfig, progress: bool) -> Optional[str]:
+    if config.weights != "standin":
+        return config.weights
+    mode = config.mode if config.mode != "full" else "cpu"
+    return str(pretrain_standin(config.backbone, mode, config.image_size, progress=progress,
+                                data_root=config.data_root))
+
+
+def build_model(config: TrainConfig, num_classes: int = 20, weights: Optional[str] = None,
+                progress: bool = False) -> nn.Module:
+    """``build_classifier`` from the config, then C8's init on the new attention modules only.
+
+    ``weights`` overrides ``config.weights``; ``weights="standin"`` in the config is resolved here
+    (pre-trained and cached on first use). ``init_attention_`` runs on each attention module, never
+    on the pretrained backbone (the article's snippet loops over every module).
+    """
+    if weights is None:
+        weights = _resolve_weights(config, progress)
+    spec = config.attention
+    model = build_classifier(config.backbone, attention=spec.kind, placement=spec.placement,
+                             num_classes=num_classes, weights=weights, **spec.module_kwargs())
+    for m in attention_modules(model).values():
+        init_attention_(m)
+    return model
+
+
+def _display_path(path: Optional[str]) -> Optional[str]:
+    """A weights path relative to the repository when it lies inside it (summaries get committed)."""
+    root = repo_root()
+    if path is None or root is None or not Path(path).is_absolute():
+        return path
+    try:
+        return str(Path(path).resolve().relative_to(root))
+    except ValueError:
+        return str(path)
+
+
+def train_classifier(config: Union[TrainConfig, Dict[str, Any]], out_dir: Union[str, Path],
+                     resume: bool = True, progress: bool = True, callbacks: Sequence[Any] = (),
+                     device: Optional[str] = None, loss_fn: Optional[Any] = None) -> Dict[str, Any]:
+    """Train one classifier; returns the summary (also written to ``out_dir/summary.json``).
+
+    Rerunning with the same ``out_dir`` resumes after the last finished epoch (a finished run
+    returns its summary at once). Summary keys: the metrics (``mAP``, ``top1``, ``per_class_ap``,
+    ``val_loss``), ``classes``, ``params_total``, ``params_trainable`` (at the last stage),
+    ``flops`` (one forward at ``image_size``), ``wall_time_s`` (epochs' time over all sessions),
+    ``setup_time_s``, ``session_time_s``, ``images_per_s``, ``clip_fraction``, ``config``,
+    ``history``. ``loss_fn`` replaces the masked BCE (tests wrap it to inject faults).
+    """
+    if not isinstance(config, (TrainConfig, dict)):
+        raise TypeError(f"config must be a TrainConfig or a dict, got {type(config).__name__}")
+    cfg = config if isinstance(config, TrainConfig) else TrainConfig.from_dict(config)
+    t0 = time.perf_counter()
+    out_dir = Path(out_dir)
+    info = init_distributed()
+    weights = _resolve_weights(cfg, progress and info.is_main)
+    if cfg.dataset == "synthetic" and info.is_main:  # rank 0 generates a missing devkit, the others wait
+        synthetic_devkit("target", cfg.mode, cfg.data_root, progress)
+    if info.distributed:
+        torch.distributed.barrier()
+    train_set, val_set, classes = build_datasets(cfg, verbose=progress and info.is_main)
+    torch.manual_seed(cfg.seed)  # the attention modules and head start from the seed
+    model = build_model(cfg, num_classes=len(classes), weights=weights)
+    params_total = count_parameters(model)["total"]
+    with warnings.catch_warnings():  # fvcore's tracer warns about torch.jit deprecations
+        warnings.simplefilter("ignore")
+        flops = count_flops(model, (1, 3, cfg.image_size, cfg.image_size))
+    extra = {"loss_fn": loss_fn} if loss_fn is not None else {}
+    trainer = Trainer(
+        model, parameter_groups(model), build_schedule(cfg), train_set, val_set, out_dir=out_dir,
+        batch_size=cfg.batch_size, set_trainable=set_trainable, momentum=cfg.momentum,
+        weight_decay=cfg.weight_decay, max_grad_norm=cfg.max_grad_norm, seed=cfg.seed, device=device,
+        num_workers=cfg.num_workers, eval_every=cfg.eval_every, progress=progress, config=cfg.to_dict(),
+        callbacks=callbacks, dist_info=info, **extra,
+    )
+    setup_s = time.perf_counter() - t0
+    summary = trainer.fit(resume=resume)
+    summary.update({
+        "classes": list(classes), "params_total": params_total, "params_trainable": trainer.trainable_parameters(),
+        "flops": flops, "seed": cfg.seed, "setup_time_s": setup_s, "weights": _display_path(weights),
+        "threads": torch.get_num_threads(), "session_time_s": time.perf_counter() - t0, "config": cfg.to_dict(),
+    })
+    if info.is_main:
+        slim = {k: v for k, v in summary.items() if k != "history"}
+        atomic_write_text(out_dir / "summary.json", json.dumps(jsonable(slim), indent=1) + "\n")
+    return summary
+
+
+def train_from_config(config: Dict[str, Any], out_dir: Union[str, Path]) -> Dict[str, Any]:
+    """The ablation runner's entry: a grid point's flat config dict -> the run's summary (no history)."""
+    summary = train_classifier(dict(config), out_dir, resume=True, progress=False)
+    return {k: v for k, v in summary.items() if k != "history"}
+
+
+# ------------------------------------------------------------------------------------------------
+# command line
+# ------------------------------------------------------------------------------------------------
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m sca_lib.train", description="Train one classifier with the "
+                                "staged recipe (C6-C9). Rerun the same command to resume.")
+    p.add_argument("--mode", default="cpu", type=str.lower, choices=MODES, help="run mode (default cpu)")
+    p.add_argument("--backbone", default=None, help="default: the mode's (mobilenet_v3_small; resnet50 for full)")
+    AttentionSpec.add_arguments(p)
+    p.add_argument("--schedule", default="staged", choices=["staged", "single"])
+    p.add_argument("--stage-epochs", default=None, help="three stage lengths, e.g. 5,10,15")
+    p.add_argument("--single-lr", type=float, default=None, help="learning rate of --schedule single (0.01)")
+    p.add_argument("--image-size", type=int, default=None)
+    p.add_argument("--batch-size", type=int, default=None, help="per process")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--weights", default=None, help="standin | DEFAULT | none | path to a plain model's state_dict")
+    p.add_argument("--data-root", default=None, help="folder holding VOCdevkit/ and pretrained/ (default: the "
+                   "data dir, $SCA_DATA_DIR or data/)")
+    p.add_argument("--train-images", type=int, default=None, help="use the first N training images")
+    p.add_argument("--val-images", type=int, default=None)
+    p.add_argument("--num-workers", type=int, default=None)
+    p.add_argument("--quick", action="store_true", help="shorter stages (2,3,3)")
+    p.add_argument("--name", default=None, help="run name: logs and checkpoint go to runs/<name>/")
+    p.add_argument("--out-dir", default=None, help="overrides runs/<name>/")
+    p.add_argument("--no-resume", action="store_true", help="start over even if a checkpoint exists")
+    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--device", default=None, help="cpu | cuda (default: cuda when available)")
+    return p
+
+
+def config_from_args(args: argparse.Namespace) -> TrainConfig:
+    over: Dict[str, Any] = {k: getattr(args, k) for k in (
+        "backbone", "image_size", "batch_size", "data_root", "train_images", "val_images", "num_workers", "single_lr")
+        if getattr(args, k) is not None}
+    if args.weights is not None:
+        over["weights"] = None if args.weights.lower() == "none" else args.weights
+    if args.stage_epochs:
+        over["stage_epochs"] = tuple(int(v) for v in args.stage_epochs.split(","))
+    over.update(attention=AttentionSpec.from_args(args), schedule=args.schedule, seed=args.seed, quick=args.quick)
+    return TrainConfig.from_mode(args.mode, **over)
+
+
+def default_run_name(cfg: TrainConfig) -> str:
+    return f"{cfg.mode}-{cfg.backbone}-{cfg.attention.label()}-s{cfg.seed}-{json_hash(cfg.to_dict(), 8)}"
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        cfg = config_from_args(args)
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    out_dir = Path(args.out_dir) if args.out_dir else runs_dir(args.name or default_run_name(cfg))
+    info = init_distributed()
+    if info.is_main:
+        print(f"run: {cfg.mode} mode, {cfg.backbone} + {cfg.attention.kind or 'no attention'}, seed {cfg.seed}, "
+              f"{sum(cfg.stage_epochs)} epochs, {info.world_size} process(es)", flush=True)
+        print(f"logs and checkpoint: {out_dir}/ (log.csv, log.jsonl, steps.csv, checkpoint.pt, summary.json)",
+              flush=True)
+    try:
+        s = train_classifier(cfg, out_dir, resume=not args.no_resume, progress=not args.no_progress,
+                             device=args.device)
+    except DivergenceError as e:
+        if info.is_main:
+            print(f"error: {e}", file=sys.stderr, flush=True)
+        return 3
+    finally:
+        if info.distributed and torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
+    if info.is_main:
+        print(f"done: mAP {s['mAP']:.4f}  top-1 {s['top1']:.4f}  wall {s['wall_time_s']:.1f} s  "
+              f"{s['images_per_s']:.0f} images/s  ({s['epochs']} epochs, {s['world_size']} process(es), "
+              f"{s['device']}; {out_dir})", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
