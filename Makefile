@@ -27,10 +27,10 @@ unit: $(VENV)/.installed
 nbval: $(VENV)/.installed
 	$(PY) -m pytest notebooks --nbval-lax --nbval-sanitize-with tests/nbval_sanitize.cfg --nbval-cell-timeout=900
 
-## make main: the main job: the `quick` ablation (4 variants x 3 seeds, synthetic devkit, 5.5 min measured on 2 CPU cores in a fresh clone, data and stand-in included)
+## make main: the main job: the `quick` ablation grid (4 variants x 3 seeds, synthetic devkit; data and stand-in included)
 ## with its summary table and figures in results/quick/. `make notebooks` re-executes every notebook in place.
 main: $(VENV)/.installed
-	$(PY) -m sca_lib.ablate --preset quick
+	$(PY) -m sca_lib.ablate --grid quick
 
 notebooks: $(VENV)/.installed
 	$(PY) -m sca_lib.notebooks execute notebooks/*.ipynb
@@ -47,7 +47,7 @@ distclean:
 ## make data: generate the default synthetic VOC-format devkits into data/synthetic/ (seconds; no internet).
 ## Real VOC2012 (2 GB): `$(PY) -m sca_lib.data download-voc --root data` (see data/README.md).
 data: $(VENV)/.installed
-	$(PY) -m sca_lib.data synthetic --variant target --preset fast
-	$(PY) -m sca_lib.data synthetic --variant target --preset cpu
-	$(PY) -m sca_lib.data synthetic --variant source --preset fast
-	$(PY) -m sca_lib.data synthetic --variant source --preset cpu
+	$(PY) -m sca_lib.data synthetic --variant target --mode fast
+	$(PY) -m sca_lib.data synthetic --variant target --mode cpu
+	$(PY) -m sca_lib.data synthetic --variant source --mode fast
+	$(PY) -m sca_lib.data synthetic --variant source --mode cpu

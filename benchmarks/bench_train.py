@@ -1,6 +1,6 @@
 """Training throughput: the engine (sca_lib.engine.Trainer) against a bare loop, side by side.
 
-    python benchmarks/bench_train.py                       # mobilenet_v3_small, cpu-preset data, 96 px
+    python benchmarks/bench_train.py                       # mobilenet_v3_small, cpu-mode data, 96 px
     python benchmarks/bench_train.py --backbone resnet18 --image-size 64 --images 256 --epochs 2
 
 Both train the same model (whole network, SGD momentum 0.9, masked BCE) on the same in-memory data
@@ -33,7 +33,9 @@ import torch
 from torch.utils.data import DataLoader
 
 from sca_lib.backbones import build_classifier, parameter_groups, set_trainable
-from sca_lib.engine import Trainer, masked_bce_with_logits, single_stage_schedule
+from sca_lib.engine import Trainer
+from sca_lib.losses import masked_bce_with_logits
+from sca_lib.schedule import single_stage_schedule
 from sca_lib.train import TrainConfig, build_datasets
 
 
@@ -72,14 +74,14 @@ def main(argv=None) -> int:
     ap.add_argument("--backbone", default="mobilenet_v3_small")
     ap.add_argument("--attention", default="dual")
     ap.add_argument("--image-size", type=int, default=96)
-    ap.add_argument("--images", type=int, default=320, help="training images (cpu-preset synthetic devkit)")
+    ap.add_argument("--images", type=int, default=320, help="training images (cpu-mode synthetic devkit)")
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--epochs", type=int, default=2)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--json", type=Path, default=None, help="also write the result here")
     a = ap.parse_args(argv)
 
-    cfg = TrainConfig.from_preset("cpu", backbone=a.backbone, attention=a.attention, image_size=a.image_size,
+    cfg = TrainConfig.from_mode("cpu", backbone=a.backbone, attention=a.attention, image_size=a.image_size,
                                   train_images=a.images, val_images=8, weights=None)
     train_set, _, classes = build_datasets(cfg, verbose=True)
     torch.manual_seed(0)

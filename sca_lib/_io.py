@@ -10,6 +10,8 @@ removes those whose process is gone.
 from __future__ import annotations
 
 import contextlib
+import csv
+import io
 import errno
 import fcntl
 import hashlib
@@ -63,6 +65,18 @@ def atomic_save(obj: Any, path: PathLike) -> None:
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
+
+
+def atomic_write_csv(path: PathLike, rows: List[dict]) -> None:
+    """Dict rows as a CSV file, atomically; the columns are every key with scalar values, in first-seen
+    order (list and dict values are left out). No rows: an empty file."""
+    cols = list(dict.fromkeys(k for r in rows for k, v in r.items() if not isinstance(v, (list, dict))))
+    buf = io.StringIO()
+    if rows:
+        w = csv.DictWriter(buf, fieldnames=cols, extrasaction="ignore")
+        w.writeheader()
+        w.writerows(rows)
+    atomic_write_text(path, buf.getvalue())
 
 
 def pid_alive(pid: int) -> bool:

@@ -21,8 +21,6 @@ It knows nothing about VOC or backbones (:mod:`sca_lib.train` wires it to them):
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 import math
 import time
@@ -35,7 +33,7 @@ import torch.distributed as dist
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, Subset
 
-from ._io import atomic_save, atomic_write_text, clean_stale_temp, jsonable
+from ._io import atomic_save, atomic_write_csv, atomic_write_text, clean_stale_temp, jsonable
 from .batchnorm import freeze_frozen_bn
 from .distributed import DistInfo, init_distributed, rng_state, seed_everything, seed_worker, set_rng_state
 from .losses import masked_bce_with_logits
@@ -256,18 +254,10 @@ class Trainer:
         return True
 
     def _write_logs(self) -> None:
-        if not self.dist.is_main:
-            return
-        atomic_write_text(self.out_dir / "log.jsonl", "".join(json.dumps(jsonable(r)) + "\n" for r in self.history))
-        cols = list(dict.fromkeys(k for r in self.history for k, v in r.items() if not isinstance(v, (list, dict))))
-        for name, rows, fields in (("log.csv", self.history, cols),
-                                   ("steps.csv", self.step_log, list(self.step_log[0]) if self.step_log else [])):
-            buf = io.StringIO()
-            if rows:
-                w = csv.DictWriter(buf, fieldnames=fields, extrasaction="ignore")
-                w.writeheader()
-                w.writerows(rows)
-            atomic_write_text(self.out_dir / name, buf.getvalue())
+        if self.dist.is_main:
+            atomic_write_text(self.out_dir / "log.jsonl", "".join(json.dumps(jsonable(r)) + "\n" for r in self.history))
+            atomic_write_csv(self.out_dir / "log.csv", self.history)
+            atomic_write_csv(self.out_dir / "steps.csv", self.step_log)
 
     # -- evaluation ----------------------------------------------------------------------------
     @torch.no_grad()

@@ -24,6 +24,8 @@ import time
 from pathlib import Path
 from typing import Iterable, List, Optional
 
+from .config import get_mode, repo_root
+
 __all__ = [
     "repository_url",
     "badge_markdown",
@@ -33,7 +35,6 @@ __all__ = [
     "sync_url",
 ]
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
 BADGE_RE = re.compile(r"<!-- colab-badge -->.*?<!-- /colab-badge -->", re.S)
 URL_LINE_RE = re.compile(r'^REPO_URL = ".*?"', re.M)
 
@@ -55,7 +56,7 @@ if "google.colab" in sys.modules:
 
 def repository_url(pyproject: Optional[Path] = None) -> str:
     """``[tool.sca_lib] repository`` from pyproject.toml ('' while not decided)."""
-    path = Path(pyproject) if pyproject else REPO_ROOT / "pyproject.toml"
+    path = Path(pyproject) if pyproject else _checkout() / "pyproject.toml"
     try:
         import tomllib  # Python 3.11+
     except ModuleNotFoundError:  # pragma: no cover - Python < 3.11
@@ -196,8 +197,17 @@ def sync_url(paths: Iterable[Path], url: Optional[str] = None, write: bool = Tru
     return changed
 
 
+def _checkout() -> Path:
+    """The repository this sca_lib runs from (the tooling edits its notebooks and README)."""
+    root = repo_root()
+    if root is None:
+        raise SystemExit("the notebook tooling works on a clone of the repository (sca_lib is installed as a "
+                         "package here); run it from the clone, e.g. `make notebooks`")
+    return root
+
+
 def _default_notebooks() -> List[Path]:
-    return sorted((REPO_ROOT / "notebooks").glob("*.ipynb"))
+    return sorted((_checkout() / "notebooks").glob("*.ipynb"))
 
 
 def main(argv: Optional[List[str]] = None) -> int:
@@ -213,7 +223,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     args = parser.parse_args(argv)
 
     if args.cmd == "execute":
-        os.environ.setdefault("SCA_MODE", "fast")
+        os.environ["SCA_MODE"] = get_mode()  # a bad $SCA_MODE stops here, before any kernel starts
         for path in args.paths or _default_notebooks():
             print(f"executing {path} (SCA_MODE={os.environ['SCA_MODE']}) ...", flush=True)
             print(f"  done in {execute_notebook(path, timeout=args.timeout):.1f} s", flush=True)
@@ -221,11 +231,11 @@ def main(argv: Optional[List[str]] = None) -> int:
         for path in args.paths or _default_notebooks():
             clean_notebook(path)
     else:
-        files = _default_notebooks() + [REPO_ROOT / "README.md"]
+        files = _default_notebooks() + [_checkout() / "README.md"]
         changed = sync_url(files, write=args.cmd == "sync-url")
         verb = "updated" if args.cmd == "sync-url" else "out of sync"
         for path in changed:
-            print(f"{verb}: {path.relative_to(REPO_ROOT)}")
+            print(f"{verb}: {path.relative_to(_checkout())}")
         if args.cmd == "check-url" and changed:
             print("run `make sync-url`", file=sys.stderr)
             return 1
