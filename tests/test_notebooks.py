@@ -33,7 +33,7 @@ def test_notebook_conventions(path):
     assert "Run time" in head
     assert "".join(cells[1]["source"]) == nbtools.SETUP_CELL, "second cell must be the shared Colab setup cell"
     params = [c for c in cells if "parameters" in c.get("metadata", {}).get("tags", [])]
-    assert len(params) == 1 and 'os.environ.get("SCA_MODE"' in "".join(params[0]["source"])
+    assert len(params) == 1 and "get_mode()" in "".join(params[0]["source"])
     code = [c for c in cells if c["cell_type"] == "code"]
     assert any(c.get("outputs") for c in code), "committed notebooks keep their outputs"
     for c in code:  # nbval: "Unrun reference cell has outputs"
@@ -99,6 +99,32 @@ def test_run_mode_from_environment(monkeypatch):
     monkeypatch.setenv("SCA_MODE", "gpu")
     with pytest.raises(ValueError, match="expected one of fast, cpu, full"):
         get_mode()
+
+
+def _parameters(path):
+    cell = next(c for c in _cells(path) if "parameters" in c.get("metadata", {}).get("tags", []))
+    return "".join(cell["source"])
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_every_notebook_reads_the_mode_through_the_library(path, monkeypatch):
+    """A bad SCA_MODE stops the parameters cell with the list of modes; the mode is case-insensitive."""
+    monkeypatch.setenv("SCA_MODE", "bogus")
+    with pytest.raises(ValueError, match="expected one of fast, cpu, full"):
+        exec(_parameters(path), {})
+    monkeypatch.setenv("SCA_MODE", "FAST")
+    scope = {}
+    exec(_parameters(path), scope)
+    assert scope["MODE"] == "fast"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_notebooks_speak_of_the_project_not_of_our_issues(path):
+    import re
+
+    text = "".join("".join(c["source"]) for c in _cells(path))
+    hits = re.findall(r"\b(?:the|this|that|[a-z]+'s) [a-z-]+ issue\b|\(\w+ issue\)|issue #?\d+", text, re.I)
+    assert not hits, hits
 
 
 def test_clean_notebook_shrinks_large_png_outputs(tmp_path):
