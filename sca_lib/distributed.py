@@ -6,13 +6,13 @@ from __future__ import annotations
 import os
 import random
 from dataclasses import dataclass
-from typing import Any, Dict, Mapping, Optional
+from typing import Any, Dict, List, Mapping, Optional, Sequence
 
 import numpy as np
 import torch
 import torch.distributed as dist
 
-__all__ = ["DistInfo", "init_distributed", "seed_everything", "rng_state", "set_rng_state", "seed_worker"]
+__all__ = ["DistInfo", "init_distributed", "gather_in_order", "seed_everything", "rng_state", "set_rng_state", "seed_worker"]
 
 
 def seed_everything(seed: int) -> None:
@@ -84,3 +84,17 @@ def seed_worker(worker_id: int) -> None:  # DataLoader workers: derive numpy/ran
     random.seed(s)
 
 
+
+
+def gather_in_order(index: Sequence[int], tensors: Optional[List[torch.Tensor]], info: DistInfo) -> List[torch.Tensor]:
+    """Every rank's rows of ``tensors`` (rows numbered by ``index``), gathered and sorted by index.
+
+    Ranks that scored nothing pass ``tensors=None``. Single process: the tensors, sorted by index.
+    """
+    parts: List[Any] = [(list(index), tensors)]
+    if info.distributed:
+        parts = [None] * info.world_size
+        dist.all_gather_object(parts, (list(index), tensors))
+    parts = [p for p in parts if p[1] is not None]
+    order = np.argsort(np.concatenate([p[0] for p in parts]), kind="stable")
+    return [torch.cat([p[1][k] for p in parts])[order] for k in range(len(parts[0][1]))]

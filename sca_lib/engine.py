@@ -33,17 +33,16 @@ import torch.distributed as dist
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, Subset
 
-from ._io import atomic_save, atomic_write_csv, atomic_write_text, clean_stale_temp, jsonable
+from ._io import atomic_write_csv, atomic_write_text, clean_stale_temp, jsonable
 from .batchnorm import freeze_frozen_bn
-from .distributed import DistInfo, init_distributed, rng_state, seed_everything, seed_worker, set_rng_state
+from .checkpoint import CHECKPOINT_NAME, load_checkpoint, save_checkpoint
+from .distributed import DistInfo, gather_in_order, init_distributed, seed_everything, seed_worker
 from .losses import masked_bce_with_logits
 from .metrics import classification_metrics
 from .schedule import Stage, expand_schedule, schedule_from_dicts
 
 __all__ = ["Trainer", "DivergenceError", "CHECKPOINT_NAME"]
 
-CHECKPOINT_NAME = "checkpoint.pt"
-_CKPT_FORMAT = 1
 
 
 class DivergenceError(RuntimeError):
@@ -209,49 +208,11 @@ class Trainer:
     # -- checkpoints and logs ------------------------------------------------------------------
     def _save(self, epoch: int) -> float:
         t0 = time.perf_counter()
-        rng = [rng_state(self.loader_gen)]
-        if self.dist.distributed:
-            rng = [None] * self.dist.world_size
-            dist.all_gather_object(rng, rng_state(self.loader_gen))
-        if self.dist.is_main:
-            atomic_save({
-                "format": _CKPT_FORMAT, "epoch": epoch, "stage": self.current_stage, "global_step": self.global_step,
-                "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
-                "optimizer_groups": list(self.opt_groups), "scaler": self.scaler.state_dict(), "rng": rng,
-                "history": self.history, "steps": self.step_log, "schedule": [s.to_dict() for s in self.stages],
-                "config": self.config, "world_size": self.dist.world_size,
-            }, self.checkpoint_path)
-        if self.dist.distributed:
-            dist.barrier()
+        save_checkpoint(self, epoch)
         return time.perf_counter() - t0
 
     def _load(self) -> bool:
-        path = self.checkpoint_path
-        if not path.exists():
-            return False
-        try:
-            ckpt = torch.load(path, map_location="cpu", weights_only=False)
-        except Exception as e:  # atomic_save never leaves a torn file; say what to do anyway
-            raise RuntimeError(f"cannot read checkpoint {path}: {e}. Delete it (or pass resume=False / "
-                               f"another out_dir) to start over") from e
-        if ckpt.get("format") != _CKPT_FORMAT:
-            raise RuntimeError(f"{path} has checkpoint format {ckpt.get('format')!r}, expected {_CKPT_FORMAT}")
-        saved, mine = jsonable(ckpt.get("config", {})), jsonable(self.config)
-        if saved != mine:
-            diff = sorted(k for k in set(saved) | set(mine) if saved.get(k) != mine.get(k))
-            raise RuntimeError(f"{path} belongs to a run with a different configuration (differs in {diff}); "
-                               f"use another out_dir, or resume=False to overwrite it")
-        if [s.to_dict() for s in self.stages] != ckpt["schedule"]:
-            raise RuntimeError(f"{path} was written with another schedule; use another out_dir or resume=False")
-        self.model.load_state_dict(ckpt["model"])
-        self._add_groups(ckpt["optimizer_groups"], self.stages[ckpt["stage"]].lr)
-        self.optimizer.load_state_dict(ckpt["optimizer"])
-        self.scaler.load_state_dict(ckpt["scaler"])
-        self.history, self.step_log = list(ckpt["history"]), list(ckpt.get("steps", []))
-        self.global_step, self.start_epoch = int(ckpt["global_step"]), int(ckpt["epoch"])
-        rng = ckpt["rng"]
-        set_rng_state(rng[self.dist.rank] if self.dist.rank < len(rng) else rng[0], self.loader_gen)
-        return True
+        return load_checkpoint(self)
 
     def _write_logs(self) -> None:
         if self.dist.is_main:
@@ -282,14 +243,7 @@ class Trainer:
             with torch.autocast("cuda", dtype=torch.float16, enabled=self.amp):
                 logits = self.model(x)
             parts.append((logits.float().cpu(), y.float(), torch.zeros_like(y, dtype=torch.bool) if ig is None else ig.bool()))
-        part = (idx, *(torch.cat(t) for t in zip(*parts))) if parts else (idx, None, None, None)
-        gathered = [part]
-        if self.dist.distributed:
-            gathered = [None] * self.dist.world_size
-            dist.all_gather_object(gathered, part)
-        gathered = [p for p in gathered if p[1] is not None]
-        order = np.argsort(np.concatenate([p[0] for p in gathered]), kind="stable")
-        s, t, ig = (torch.cat([p[k] for p in gathered])[order] for k in (1, 2, 3))
+        s, t, ig = gather_in_order(idx, [torch.cat(t) for t in zip(*parts)] if parts else None, self.dist)
         self.model.train(was_training)
         if not bool(torch.isfinite(s).all()):
             bad = int((~torch.isfinite(s)).any(dim=1).sum())
