@@ -34,8 +34,6 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 
-from tqdm.auto import tqdm
-
 from . import config as _config
 from . import report
 from . import train as _training
@@ -94,6 +92,8 @@ def run_grid(
     (``"status": "failed"`` with the ``"reason"``) and the grid goes on; later calls skip it unless
     ``retry_failed``. Any other exception stops the grid (the rows written so far stay).
     """
+    from tqdm.auto import tqdm  # imported here: in a notebook without ipywidgets, importing it warns
+
     train_fn = train_fn or _default_train_fn
     results_dir = Path(results_dir) if results_dir else _config.results_dir(grid)
     runs_dir = Path(runs_dir) if runs_dir else _config.runs_dir(f"ablate/{grid}")
@@ -162,9 +162,10 @@ def main(argv: Optional[List[str]] = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] == "merge":
         return _merge_main(argv[1:])
-    ap = argparse.ArgumentParser(prog="python -m sca_lib.ablate", description=__doc__.split("\n")[0])
+    ap = argparse.ArgumentParser(prog="python -m sca_lib.ablate", description="Train the points of an ablation grid "
+                                 "that are not done yet (rerun to resume; --shard to split; `merge` to join files).")
     ap.add_argument("--grid", default="quick", choices=list(GRIDS),
-                    help="; ".join(f"{g.name}: {g.description}" for g in GRIDS.values()))
+                    help="(default quick) " + "; ".join(f"{g.name}: {g.description.rstrip('.')}" for g in GRIDS.values()))
     ap.add_argument("--only", default=None, help="comma-separated studies, e.g. variants,placement")
     ap.add_argument("--shard", default=None, help="i/n: run every n-th grid point starting at i")
     ap.add_argument("--seeds", default=None, help="comma-separated seeds (default: the grid's)")
