@@ -1,17 +1,11 @@
-"""The ablation results store: JSONL files with one row per run, appended, loaded and merged here.
+"""The ablation results store: JSONL files of one row per run, appended, loaded and merged here.
 
-A row holds the run id (the hash of its config, :func:`sca_lib.studies.config_hash`), the study
-and grid it was made for, its config, the git commit, ``status`` (``"ok"``, or ``"failed"`` with a
-``reason``) and, for a finished run, the training summary (``mAP``, ``top1``, params, FLOPs, wall
-time, ...).
-
-One loader (:func:`read_results`, behind :func:`load_results` and :func:`merge_results`) serves the
-runner, ``merge`` and the report alike: a line that is not JSON (a write cut short by a kill) or
-not a row (``{}``, ``null``, a finished row without ``mAP``) is reported with its file and line
-number and skipped; it is never merged into a neighbouring line, because :func:`append_row` starts
-every row on a fresh line. Rows written before the grid/mode rename (config key ``"preset"`` for
-the training mode, no ``alpha``/``beta``, row key ``"preset"`` for the grid) are upgraded in memory
-(:func:`upgrade_row`); the files are never rewritten.
+A row holds the run id (:func:`sca_lib.studies.config_hash` of its config), study, grid, config,
+git commit, ``status`` (``"ok"``, or ``"failed"`` with a ``reason``) and a finished run's summary.
+One loader (:func:`read_results`) serves the runner, ``merge`` and the report: a line that is not
+JSON or not a row is named (file and line) and skipped, and :func:`append_row` starts every row on
+a fresh line, so a partial line is never glued to the next. Rows in the format before the grid/mode
+rename are upgraded in memory (:func:`upgrade_row`); files are never rewritten.
 """
 
 from __future__ import annotations
