@@ -1,14 +1,15 @@
 """Turn ablation results files into tables with confidence intervals and seaborn figures.
 
 ``python -m sca_lib.report results/cpu`` rewrites ``results/cpu/summary.md``, ``summary.csv`` and
-``fig_<study>.png`` from the ``*.jsonl`` files in that folder (see :mod:`sca_lib.ablate`).
+``fig_<study>.png`` from the ``*.jsonl`` files in that folder (written by :mod:`sca_lib.ablate`,
+read by :mod:`sca_lib.results`).
 
-Statistics: for each variant the mean over seeds with a two-sided 95 % t-interval
-(``mean +- t(0.975, n-1) * sd / sqrt(n)``); for each variant the difference against its study's
-reference (no attention for the ``variants`` and ``placement`` studies, the study's first setting
-for the knob studies), **paired by seed**, with its own t-interval. A difference whose interval
-contains zero is marked not significant. With 3 seeds, t(0.975, 2) = 4.30: intervals are wide, on
-purpose.
+Statistics: for each setting the mean over seeds with a two-sided 95 % t-interval
+(``mean +- t(0.975, n-1) * sd / sqrt(n)``); for each setting the difference against its study's
+reference (``Study.baseline``: the same backbone without attention, or the study's first setting),
+**paired by seed**, with its own t-interval. A difference whose interval contains zero is marked
+not significant. With 3 seeds, t(0.975, 2) = 4.30: intervals are wide, on purpose. Failed runs
+(diverged) are left out of every statistic and listed at the end of ``summary.md``.
 """
 
 from __future__ import annotations
@@ -17,10 +18,17 @@ import argparse
 import math
 import sys
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
+import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
+import seaborn as sns
+
+from ._io import atomic_write_text
+from .results import is_finished, load_results, upgrade_row
+from .spec import SPEC_KEYS
+from .studies import GRIDS, Study, build_grid, find_study
 
 __all__ = [
     "t_quantile",
@@ -44,10 +52,6 @@ ARTICLE_C11 = pd.DataFrame(
      ("resnet50", None, 81.3, 25.5, 4.1), ("resnet50", "dual", 84.7, 26.1, 4.3)],
     columns=["backbone", "attention", "article top-1 (%)", "article params (M)", "article FLOPs (G)"],
 )
-
-#: The column that names a run's setting within each study.
-STUDY_KNOB = {"variants": "attention", "variants_single": "attention", "placement": "placement", "reduction": "reduction",
-              "strength": "strength", "dropout": "drop_rate", "schedule": "schedule", "init": "identity_init"}
 
 
 def t_quantile(df: int) -> float:
@@ -76,32 +80,36 @@ def paired_difference(a: Dict[int, float], b: Dict[int, float]) -> Tuple[float, 
     return mean_ci([a[s] - b[s] for s in seeds])
 
 
-def _grid_studies(preset: Optional[str]) -> Dict[str, List[str]]:
-    """run id -> studies in the preset's *current* grid (a run made for one study can serve a later one)."""
-    from .ablate import PRESETS, build_grid
-
-    if preset not in PRESETS:
+def _grid_studies(grid: Optional[str]) -> Dict[str, List[str]]:
+    """run id -> studies in the grid's *current* definition (a run made for one study can serve a later one)."""
+    if grid not in GRIDS:
         return {}
-    try:
-        return {p["run_id"]: p["studies"] for p in build_grid(preset)}
-    except ValueError:
-        return {}
+    return {p["run_id"]: p["studies"] for p in build_grid(grid)}
 
 
-def results_frame(rows: List[Dict]) -> pd.DataFrame:
-    """One row per (run, study it belongs to), config flattened, metrics in percent."""
+#: The columns of :func:`results_frame` taken from a run's config.
+CONFIG_COLUMNS = ("backbone",) + SPEC_KEYS + ("schedule", "seed")
+
+
+def results_frame(rows: List[Dict[str, Any]]) -> pd.DataFrame:
+    """One row per (finished run, study it belongs to), config flattened, metrics in percent.
+
+    Failed runs are left out. A run belongs to the studies its row names and to every study of
+    its grid's current definition that has the same run id.
+    """
     records = []
-    grids: Dict[str, Dict[str, List[str]]] = {}
-    for r in rows:
-        preset = r.get("preset")
-        if preset not in grids:
-            grids[preset] = _grid_studies(preset)
-        studies = list(dict.fromkeys(list(r.get("studies", [r.get("study")])) + grids[preset].get(r["run_id"], [])))
+    grids: Dict[Optional[str], Dict[str, List[str]]] = {}
+    for r in map(upgrade_row, rows):
+        if not is_finished(r):
+            continue
+        grid = r.get("grid")
+        if grid not in grids:
+            grids[grid] = _grid_studies(grid)
+        studies = list(dict.fromkeys(list(r.get("studies", [r.get("study")])) + grids[grid].get(r["run_id"], [])))
         cfg = r["config"]
-        base = {k: cfg.get(k) for k in ("backbone", "attention", "placement", "reduction", "strength",
-                                        "drop_rate", "identity_init", "schedule", "seed")}
+        base = {k: cfg.get(k) for k in CONFIG_COLUMNS}
         base["attention"] = base["attention"] or "none"
-        base.update(run_id=r["run_id"], mAP=100 * float(r["mAP"]), top1=100 * float(r["top1"]),
+        base.update(run_id=r["run_id"], grid=grid, mAP=100 * float(r["mAP"]), top1=100 * float(r["top1"]),
                     params=r.get("params_total"), flops=r.get("flops"), wall_time_s=r.get("wall_time_s"),
                     images_per_s=r.get("images_per_s"), git_commit=r.get("git_commit"))
         for study in studies:
@@ -109,34 +117,36 @@ def results_frame(rows: List[Dict]) -> pd.DataFrame:
     return pd.DataFrame(records)
 
 
-def _label(study: str, row: pd.Series) -> str:
-    knob = STUDY_KNOB.get(study, "attention")
+def _study(df: pd.DataFrame, name: str) -> Optional[Study]:
+    """The :class:`Study` called ``name``, preferring the grid its runs were made for."""
+    grids = df.loc[df.study == name, "grid"].dropna() if "grid" in df else []
+    return find_study(name, grids.iloc[0] if len(grids) else None)
+
+
+def _label(study: Optional[Study], row: pd.Series) -> str:
+    knob = study.knob if study else "attention"
     value = row[knob]
     if isinstance(value, float) and value.is_integer() and knob == "reduction":
         value = int(value)  # pandas turns an int column with None into floats
-    if study.startswith("variants"):
+    if knob == "attention":
         return str(value)
     if value is None or (isinstance(value, float) and math.isnan(value)):
         value = "none (alpha=beta=1)" if knob == "strength" else "default"
-    if study == "placement":
+    if knob == "placement":
         return f"{row['attention']} @ {value or 'default'}" if row["attention"] != "none" else "none"
     return f"{knob}={value}"
 
 
 def study_table(df: pd.DataFrame, study: str, metric: str = "mAP") -> pd.DataFrame:
     """Mean, 95 % CI and the paired difference against the study's reference, per backbone and setting."""
-    sub = df[df.study == study].copy()
+    sub = df[df.study == study].copy() if len(df) else df
     if sub.empty:
         return pd.DataFrame()
-    if study.startswith("variants") or study == "placement":  # reference: same backbone, no attention
-        refs = df[(df.attention == "none")]
-        if study == "variants_single":
-            refs = refs[refs.schedule == "single"]
-        else:
-            refs = refs[refs.schedule == "staged"]
-    else:
-        refs = None
-    sub["setting"] = sub.apply(lambda r: _label(study, r), axis=1)
+    st = _study(df, study)
+    refs = None
+    if st is not None and st.baseline == "plain":  # reference: same backbone and schedule, no attention
+        refs = df[(df.attention == "none") & (df.schedule == st.schedule)]
+    sub["setting"] = sub.apply(lambda r: _label(st, r), axis=1)
     out = []
     for backbone, grp in sub.groupby("backbone", sort=False):
         order = list(dict.fromkeys(grp["setting"]))
@@ -168,12 +178,10 @@ def study_table(df: pd.DataFrame, study: str, metric: str = "mAP") -> pd.DataFra
 
 def plot_study(df: pd.DataFrame, table: pd.DataFrame, study: str, metric: str = "mAP", title: str = ""):
     """Per-seed points with mean and 95 % CI (left), paired differences with 95 % CI (right); returns the figure."""
-    import matplotlib.pyplot as plt
-    import seaborn as sns
-
     sns.set_theme(style="whitegrid")
     sub = df[df.study == study].copy()
-    sub["setting"] = sub.apply(lambda r: _label(study, r), axis=1)
+    st = _study(df, study)
+    sub["setting"] = sub.apply(lambda r: _label(st, r), axis=1)
     sub["label"] = sub["backbone"] + "\n" + sub["setting"]
     table = table.assign(label=table["backbone"] + "\n" + table["setting"])
     order = table["label"].tolist()
@@ -214,50 +222,74 @@ def _md(table: pd.DataFrame, metric: str) -> str:
     return header + "".join("| " + " | ".join(str(v) for v in row) + " |\n" for row in t.itertuples(index=False))
 
 
-def write_report(results_dir: Path, preset: Optional[str] = None, metrics: Sequence[str] = ("mAP", "top1"),
-                 figures: bool = True, quiet: bool = False) -> Dict[str, pd.DataFrame]:
-    """Write summary.md, summary.csv and one figure per study into ``results_dir``; returns the tables."""
-    from .ablate import PRESETS, load_results
+def _failed_md(failed: List[Dict[str, Any]], grids: Sequence[str]) -> str:
+    cmd = " or ".join(f"`python -m sca_lib.ablate --grid {g} --retry-failed`" for g in grids) or "`--retry-failed`"
+    lines = [f"\n## Failed runs\n\n{len(failed)} run(s) failed and are left out of every table above; {cmd} "
+             f"trains them again.\n\n| run_id | study | backbone | attention | seed | reason |\n|---|---|---|---|---|---|\n"]
+    for r in failed:
+        c = r["config"]
+        reason = " ".join(str(r.get("reason", "")).split()).replace("|", "\\|")
+        lines.append(f"| {r['run_id']} | {r.get('study', '')} | {c.get('backbone')} | {c.get('attention') or 'none'} "
+                     f"| {c.get('seed')} | {reason} |\n")
+    return "".join(lines)
 
+
+def write_report(results_dir: Path, metrics: Sequence[str] = ("mAP", "top1"), figures: bool = True,
+                 quiet: bool = False) -> Dict[str, pd.DataFrame]:
+    """Write summary.md, summary.csv and one figure per study into ``results_dir``; returns the tables.
+
+    Failed runs are left out of the tables and listed at the end of summary.md.
+    """
     results_dir = Path(results_dir)
     rows = load_results(results_dir)
     if not rows:
         raise FileNotFoundError(
             f"no results in {results_dir} (expected *.jsonl files written by `python -m sca_lib.ablate`); "
-            f"run e.g. `python -m sca_lib.ablate --preset quick` first"
+            f"run e.g. `python -m sca_lib.ablate --grid quick` first"
         )
-    df = results_frame(rows)
-    studies = list(dict.fromkeys(df["study"]))
-    questions = {s.name: s.question for p in PRESETS.values() for s in p.studies}
+    finished = [r for r in rows if is_finished(r)]
+    failed = [r for r in rows if not is_finished(r)]
+    df = results_frame(finished)
+    studies = list(dict.fromkeys(df["study"])) if len(df) else []
+    commits = sorted(set(df["git_commit"].dropna())) if len(df) else []
     tables: Dict[str, pd.DataFrame] = {}
     lines = [f"# Ablation results: `{results_dir.name}`\n",
-             f"{len(rows)} runs; commits {', '.join(sorted(set(df['git_commit'].dropna())))}. "
+             f"{len(finished)} runs"
+             + (f" ({len(failed)} more failed, listed at the end)" if failed else "")
+             + f"; commits {', '.join(commits)}. "
              f"Mean over seeds with a 95 % t-interval; `diff` is the paired-by-seed difference against `vs`. "
              f"Regenerate: `python -m sca_lib.report {results_dir.as_posix()}`.\n"]
     for study in studies:
+        st = _study(df, study)
+        question = st.question if st else ""
         for metric in metrics:
             t = study_table(df, study, metric)
             tables[f"{study}/{metric}"] = t
             if metric == metrics[0]:
-                lines.append(f"\n## {study}: {questions.get(study, '')}\n\n")
+                lines.append(f"\n## {study}: {question}\n\n")
             lines.append(f"\n{metric} (%):\n\n" + _md(t, metric))
         if figures:
-            import matplotlib.pyplot as plt
-
             fig = plot_study(df, tables[f"{study}/{metrics[0]}"], study, metrics[0],
-                             f"{study}: {questions.get(study, '')} ({results_dir.name} preset)")
+                             f"{study}: {question} ({results_dir.name} grid)")
             fig.savefig(results_dir / f"fig_{study}.png", dpi=110)
             plt.close(fig)
-    (results_dir / "summary.md").write_text("".join(lines), encoding="utf-8")
-    flat = pd.concat([t.drop(columns=["_ci", "_dci"]).assign(metric=k.split("/")[1]) for k, t in tables.items()],
-                     ignore_index=True)
-    flat.to_csv(results_dir / "summary.csv", index=False)
+    if failed:
+        lines.append(_failed_md(failed, sorted({r.get("grid") for r in failed if r.get("grid") in GRIDS})))
+    atomic_write_text(results_dir / "summary.md", "".join(lines))
+    if tables:
+        flat = pd.concat([t.drop(columns=["_ci", "_dci"]).assign(metric=k.split("/")[1]) for k, t in tables.items()],
+                         ignore_index=True)
+    else:
+        flat = pd.DataFrame(columns=["study", "backbone", "setting", "metric"])
+    atomic_write_text(results_dir / "summary.csv", flat.to_csv(index=False))
     if not quiet:
         for key, t in tables.items():
             if key.endswith("/" + metrics[0]):
                 print(f"\n{key}:")
                 print(t.drop(columns=["_ci", "_dci", "study"]).to_string(index=False, float_format=lambda v: f"{v:.2f}"))
-        print(f"\nwrote {results_dir / 'summary.md'}, summary.csv and {len(studies)} figure(s)")
+        for r in failed:
+            print(f"failed: {r['run_id']} ({r.get('study')}, seed {r['config'].get('seed')}): {r.get('reason')}")
+        print(f"\nwrote {results_dir / 'summary.md'}, summary.csv and {len(studies) if figures else 0} figure(s)")
     return tables
 
 

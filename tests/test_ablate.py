@@ -1,13 +1,13 @@
-"""The ablation runner (skip, resume, shard, merge) and the statistics behind its tables."""
+"""The ablation grids and runner: skip, resume, shard, merge, failed runs, the command line."""
 
 import json
-import math
 
-import numpy as np
-import pandas as pd
 import pytest
 
-from sca_lib import ablate, report
+from sca_lib import ablate, studies
+from sca_lib.engine import DivergenceError
+from sca_lib.results import config_hash, is_finished, load_results, merge_results
+from sca_lib.spec import SPEC_KEYS
 
 
 def fake_train(calls):
@@ -24,22 +24,53 @@ def fake_train(calls):
 
 
 def test_grid_is_deterministic_and_deduplicates_shared_configs():
-    g1, g2 = ablate.build_grid("cpu"), ablate.build_grid("cpu")
+    g1, g2 = studies.build_grid("cpu"), studies.build_grid("cpu")
     assert [p["run_id"] for p in g1] == [p["run_id"] for p in g2]
     ids = [p["run_id"] for p in g1]
     assert len(ids) == len(set(ids))
     # the default dual model (reduction default, no dropout, staged, plain init) is shared by knob studies
     shared = [p for p in g1 if len(p["studies"]) > 1]
     assert shared, "knob studies should reuse the default dual runs instead of training them again"
-    assert {s for p in g1 for s in p["studies"]} == {"variants", "variants_single", "placement", "reduction", "strength", "dropout", "schedule", "init"}
+    assert {s for p in g1 for s in p["studies"]} == {"variants", "variants_single", "placement", "reduction",
+                                                     "strength", "dropout", "schedule", "init"}
     assert all(p["config"]["seed"] in (0, 1, 2) for p in g1)
+    assert [len(studies.build_grid(g)) for g in ("fast", "quick", "cpu", "full")] == [4, 12, 57, 69]
+
+
+def test_grid_configs_follow_the_training_contract():
+    """A config holds the training mode, backbone, seed, every spec key (normalised) and the schedule."""
+    contract = {"mode", "backbone", "seed", "schedule", *SPEC_KEYS}
+    for name, grid in studies.GRIDS.items():
+        for p in studies.build_grid(name):
+            c = p["config"]
+            assert set(c) == contract | ({"quick"} if grid.quick else set()), name
+            assert c["mode"] == grid.mode and p["run_id"] == config_hash(c)
+    quick = studies.build_grid("quick")[0]["config"]
+    assert quick["quick"] is True and quick["mode"] == "cpu"
+    dual = next(p["config"] for p in studies.build_grid("fast") if p["config"]["attention"] == "dual")
+    assert dual["placement"] is not None and dual["reduction"] == 8  # defaults spelled out
+    plain = next(p["config"] for p in studies.build_grid("fast") if p["config"]["attention"] is None)
+    assert plain["placement"] is None and plain["alpha"] is None and plain["drop_rate"] == 0.0
+    assert studies.normalise({"backbone": "mobilenet_v3_small", "attention": "dual"}) == \
+        studies.normalise({"backbone": "mobilenet_v3_small", "attention": "dual", "reduction": 8,
+                           "placement": dual["placement"], "schedule": "staged"})
+
+
+def test_every_study_knows_its_knob():
+    for grid in studies.GRIDS.values():
+        for study in grid.studies:
+            assert study.knob in SPEC_KEYS + ("schedule",), study.name
+            assert all(study.knob in v or study.knob == "attention" for v in study.variants), study.name
+    assert studies.find_study("dropout").knob == "drop_rate"
+    assert studies.find_study("variants", "fast").question == "plumbing check"
+    assert studies.find_study("colour") is None
 
 
 def test_grid_errors():
-    with pytest.raises(ValueError, match="unknown ablation preset 'huge'"):
-        ablate.build_grid("huge")
+    with pytest.raises(ValueError, match="unknown ablation grid 'huge'"):
+        studies.build_grid("huge")
     with pytest.raises(ValueError, match="unknown studies"):
-        ablate.build_grid("cpu", only=["colour"])
+        studies.build_grid("cpu", only=["colour"])
     for bad in ("1", "2/2", "a/b", "-1/3"):
         with pytest.raises(ValueError, match="--shard"):
             ablate.parse_shard(bad)
@@ -49,7 +80,7 @@ def test_grid_errors():
 def test_skip_finished_runs_and_no_duplicates(tmp_path):
     calls = []
     rows = ablate.run_grid("fast", tmp_path / "res", tmp_path / "runs", train_fn=fake_train(calls), progress=False)
-    n = len(ablate.build_grid("fast"))
+    n = len(studies.build_grid("fast"))
     assert len(rows) == len(calls) == n == 4
     calls.clear()
     rows = ablate.run_grid("fast", tmp_path / "res", tmp_path / "runs", train_fn=fake_train(calls), progress=False)
@@ -58,9 +89,9 @@ def test_skip_finished_runs_and_no_duplicates(tmp_path):
     assert len(lines) == n
     row = json.loads(lines[0])
     for key in ("run_id", "config", "git_commit", "mAP", "top1", "per_class_ap", "params_total", "flops",
-                "wall_time_s", "images_per_s", "study"):
+                "wall_time_s", "images_per_s", "study", "grid", "status"):
         assert key in row
-    assert row["run_id"] == ablate.config_hash(row["config"])
+    assert row["run_id"] == config_hash(row["config"]) and row["grid"] == "fast" and row["status"] == "ok"
 
 
 def test_interrupted_grid_finishes_where_it_stopped(tmp_path):
@@ -74,83 +105,103 @@ def test_interrupted_grid_finishes_where_it_stopped(tmp_path):
 
     with pytest.raises(KeyboardInterrupt):
         ablate.run_grid("fast", tmp_path, tmp_path / "runs", train_fn=dies_on_third, progress=False)
-    assert len(ablate.load_results(tmp_path)) == 2
+    assert len(load_results(tmp_path)) == 2
     calls.clear()
     rows = ablate.run_grid("fast", tmp_path, tmp_path / "runs", train_fn=train, progress=False)
     assert len(calls) == 2 and len(rows) == 4
-    # a truncated last line (killed mid-write) is ignored, not fatal
+
+
+def test_a_partial_last_line_loses_no_row(tmp_path, capsys):
+    """Killed mid-write: the next run's row must not be glued onto the partial line and lost."""
+    calls = []
+    train = fake_train(calls)
+
+    def dies_on_third(config, out_dir):
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return train(config, out_dir)
+
+    with pytest.raises(KeyboardInterrupt):
+        ablate.run_grid("fast", tmp_path, tmp_path / "runs", train_fn=dies_on_third, progress=False)
     with open(tmp_path / "runs.jsonl", "a") as f:
-        f.write('{"run_id": "abc", "conf')
-    assert len(ablate.load_results(tmp_path)) == 4
+        f.write('{"run_id": "abc", "conf')  # the kill cut this row short
+    rows = ablate.run_grid("fast", tmp_path, tmp_path / "runs", train_fn=train, progress=False)
+    assert len(rows) == 4 and sorted(r["run_id"] for r in rows) == sorted(p["run_id"] for p in studies.build_grid("fast"))
+    lines = (tmp_path / "runs.jsonl").read_text().split("\n")
+    assert lines[2] == '{"run_id": "abc", "conf'  # set aside, left as it was
+    assert f"{tmp_path / 'runs.jsonl'}:3" in capsys.readouterr().err
+
+
+def test_a_diverging_run_is_recorded_as_failed_and_the_grid_goes_on(tmp_path):
+    calls = []
+    train = fake_train(calls)
+    bad = next(p for p in studies.build_grid("fast") if p["config"]["attention"] == "dual")
+
+    def diverges(config, out_dir):
+        if config_hash(config) == bad["run_id"]:
+            calls.append(config)
+            raise DivergenceError("loss is nan at step 3; last good checkpoint kept")
+        return train(config, out_dir)
+
+    rows = ablate.run_grid("fast", tmp_path, tmp_path / "runs", train_fn=diverges, progress=False)
+    assert len(rows) == 4 and len(calls) == 4
+    failed = [r for r in rows if not is_finished(r)]
+    assert [r["run_id"] for r in failed] == [bad["run_id"]]
+    assert failed[0]["status"] == "failed" and "loss is nan" in failed[0]["reason"]
+    calls.clear()  # a rerun does not try the recorded failure again ...
+    ablate.run_grid("fast", tmp_path, tmp_path / "runs", train_fn=diverges, progress=False)
+    assert calls == []
+    rows = ablate.run_grid("fast", tmp_path, tmp_path / "runs", train_fn=train, progress=False, retry_failed=True)
+    assert len(calls) == 1 and all(is_finished(r) for r in rows) and len(rows) == 4  # ... unless asked to
 
 
 def test_shards_cover_the_grid_once_and_merge(tmp_path):
     calls = []
     for i in range(3):
-        ablate.run_grid("fast", tmp_path / "res", tmp_path / "runs", shard=(i, 3), train_fn=fake_train(calls), progress=False)
+        ablate.run_grid("fast", tmp_path / "res", tmp_path / "runs", shard=(i, 3), train_fn=fake_train(calls),
+                        progress=False)
     files = sorted((tmp_path / "res").glob("*.jsonl"))
     assert [f.name for f in files] == [f"runs.shard-{i}-of-3.jsonl" for i in range(3)]
     ids = [json.loads(l)["run_id"] for f in files for l in f.read_text().splitlines()]
-    assert sorted(ids) == sorted(p["run_id"] for p in ablate.build_grid("fast"))
+    assert sorted(ids) == sorted(p["run_id"] for p in studies.build_grid("fast"))
     out = tmp_path / "merged" / "runs.jsonl"
-    assert ablate.merge_results(files + files, out) == 4  # duplicates dropped
-    assert len(ablate.load_results(out.parent)) == 4
+    assert merge_results(files + files, out) == 4  # duplicates dropped
+    assert len(load_results(out.parent)) == 4
     with pytest.raises(FileNotFoundError, match="results file not found"):
-        ablate.merge_results([tmp_path / "nope.jsonl"], out)
+        merge_results([tmp_path / "nope.jsonl"], out)
 
 
-def test_t_interval_matches_hand_computation():
-    m, lo, hi, n = report.mean_ci([1.0, 2.0, 3.0])
-    half = 4.303 * 1.0 / math.sqrt(3)
-    assert (m, n) == (2.0, 3) and lo == pytest.approx(2 - half) and hi == pytest.approx(2 + half)
-    assert report.mean_ci([5.0])[1:3] == (float("-inf"), float("inf"))
-    assert report.t_quantile(100) == 1.96
+def test_default_folders_come_from_the_output_root(tmp_path, monkeypatch):
+    monkeypatch.setenv("SCA_HOME", str(tmp_path))
+    seen = []
+
+    def train(config, out_dir):
+        seen.append(out_dir)
+        return fake_train([])(config, out_dir)
+
+    ablate.run_grid("fast", train_fn=train, progress=False)
+    assert (tmp_path / "results" / "fast" / "runs.jsonl").is_file()
+    assert all(p.parent == tmp_path / "runs" / "ablate" / "fast" for p in seen)
 
 
-def test_paired_difference_uses_common_seeds_only():
-    a = {0: 0.60, 1: 0.62, 2: 0.64, 3: 0.9}
-    b = {0: 0.50, 1: 0.51, 2: 0.55}
-    d, lo, hi, n = report.paired_difference(a, b)
-    diffs = np.array([0.10, 0.11, 0.09])
-    assert n == 3 and d == pytest.approx(diffs.mean())
-    assert hi - d == pytest.approx(4.303 * diffs.std(ddof=1) / math.sqrt(3))
+def test_command_line(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(ablate, "_default_train_fn", fake_train([]))
+    res = tmp_path / "res"
+    assert ablate.main(["--grid", "fast", "--results-dir", str(res), "--runs-dir", str(tmp_path / "runs"),
+                        "--shard", "0/2", "--no-report"]) == 0
+    assert "grid finished: 2 runs" in capsys.readouterr().out
+    assert ablate.main(["--grid", "fast", "--results-dir", str(res), "--dry-run"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert len(out) == 4 and sum(line.startswith("done") for line in out) == 2
+    assert all(f"'{k}'" in out[0] for k in SPEC_KEYS if k != "attention")  # every attention setting listed
+    with pytest.raises(SystemExit):
+        ablate.main(["--preset", "fast"])  # the grid is --grid now
+    capsys.readouterr()
+    assert ablate.main(["merge", *map(str, res.glob("*.jsonl")), "--out", str(tmp_path / "m.jsonl")]) == 0
+    assert "merged 2 runs" in capsys.readouterr().out
 
 
-def _rows(values):
-    rows = []
-    for attention, maps in values.items():
-        for seed, v in enumerate(maps):
-            cfg = ablate._normalise({"preset": "cpu", "backbone": "resnet18", "seed": seed, "attention": attention})
-            rows.append({"run_id": f"{attention}-{seed}", "study": "variants", "studies": ["variants"], "config": cfg,
-                         "mAP": v, "top1": v, "params_total": 10, "wall_time_s": 1.0, "git_commit": "abc"})
-    return rows
-
-
-def test_study_table_marks_significance_on_a_hand_made_results_file():
-    rows = _rows({None: [0.50, 0.52, 0.54], "dual": [0.60, 0.62, 0.64], "channel": [0.49, 0.55, 0.52]})
-    table = report.study_table(report.results_frame(rows), "variants", "mAP").set_index("setting")
-    assert table.loc["dual", "diff"] == pytest.approx(10.0)          # +10 points on every seed
-    assert table.loc["dual", "significant"] == "yes"
-    assert table.loc["channel", "significant"] == "no"               # diffs -1, +3, -2: CI contains 0
-    assert table.loc["none", "significant"] == "" and math.isnan(table.loc["none", "diff"])
-    assert table.loc["dual", "mAP mean"] == pytest.approx(62.0)
-
-
-def test_write_report_files(tmp_path):
-    rows = _rows({None: [0.50, 0.52, 0.54], "dual": [0.60, 0.62, 0.64]})
-    with open(tmp_path / "runs.jsonl", "w") as f:
-        for r in rows:
-            f.write(json.dumps(r) + "\n")
-    tables = report.write_report(tmp_path, quiet=True)
-    assert (tmp_path / "summary.md").read_text().count("| resnet18 |") == 4  # 2 settings x (mAP, top1)
-    assert (tmp_path / "fig_variants.png").stat().st_size > 1000
-    assert set(pd.read_csv(tmp_path / "summary.csv")["metric"]) == {"mAP", "top1"}
-    assert "variants/mAP" in tables
-    with pytest.raises(FileNotFoundError, match="no results in"):
-        report.write_report(tmp_path / "empty")
-
-
-def test_fast_preset_end_to_end_with_the_real_engine(tmp_path):
+def test_fast_grid_end_to_end_with_the_real_engine(tmp_path):
     """The runner drives the real training engine: finished runs have metrics and are skipped on rerun."""
     rows = ablate.run_grid("fast", tmp_path / "res", tmp_path / "runs", progress=False)
     assert len(rows) == 4

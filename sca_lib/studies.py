@@ -1,0 +1,206 @@
+"""What an ablation runs: studies, the named grids of them, and the grid points they expand to.
+
+A :class:`Study` asks one question by varying one knob (``Study.knob``: a column of the results,
+e.g. ``"attention"`` or ``"reduction"``); a :class:`Grid` names the training mode its runs use,
+the seeds and its studies; :data:`GRIDS` holds the named grids (``fast``, ``quick``, ``cpu``,
+``full``). :func:`build_grid` expands a grid into its points, each with a normalised config (the
+dict the training side takes) and its run id.
+
+A grid point's config: ``{"mode": "fast"|"cpu"|"full", "backbone": ..., "seed": int, "attention":
+..., <the other sca_lib.spec.SPEC_KEYS>, "schedule": "staged"|"single"}`` plus ``"quick": True``
+for the ``quick`` grid.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
+
+from ._io import json_hash
+from .spec import AttentionSpec
+
+__all__ = ["Study", "Grid", "GRIDS", "build_grid", "normalise", "find_study", "config_hash"]
+
+
+@dataclass(frozen=True)
+class Study:
+    """A named set of grid points that answer one question by varying one knob.
+
+    Args:
+        name: the study's name (a results column value, e.g. ``"placement"``).
+        question: what the study asks, for tables and figures.
+        knob: the config key whose value names a setting within the study (``"attention"``,
+            ``"placement"``, ``"reduction"``, ...).
+        variants: one dict per setting, each overriding the grid's base config.
+        backbones: the backbones every setting is trained on.
+        baseline: what the report compares each setting with: ``"plain"`` (the same backbone
+            without attention, trained with the study's schedule) or ``"first"`` (the study's
+            first setting).
+    """
+
+    name: str
+    question: str
+    knob: str
+    variants: Tuple[Dict[str, Any], ...]
+    backbones: Tuple[str, ...]
+    baseline: str = "first"
+
+    def __post_init__(self) -> None:
+        if self.baseline not in ("plain", "first"):
+            raise ValueError(f"Study {self.name!r}: baseline must be 'plain' or 'first', got {self.baseline!r}")
+
+    @property
+    def schedule(self) -> str:
+        """The schedule every setting shares (``"staged"`` when they differ or none is named)."""
+        found = {v.get("schedule", "staged") for v in self.variants}
+        return found.pop() if len(found) == 1 else "staged"
+
+
+@dataclass(frozen=True)
+class Grid:
+    """A named ablation grid: the training mode its runs use, the seeds and the studies.
+
+    ``quick=True`` marks the grid's configs with ``"quick": True`` (the training side's shorter
+    budget for the README's main job).
+    """
+
+    name: str
+    mode: str
+    seeds: Tuple[int, ...]
+    studies: Tuple[Study, ...]
+    quick: bool = False
+    description: str = ""
+
+
+_VARIANTS = ({"attention": None}, {"attention": "channel"}, {"attention": "spatial"}, {"attention": "dual"})
+
+
+def _variants_study(backbones: Sequence[str]) -> Study:
+    return Study("variants", "Does attention help, and which path (C2, C11, C15)?", "attention",
+                 _VARIANTS + ({"attention": "lite"},), tuple(backbones), baseline="plain")
+
+
+def _knob_studies(backbone: str, placements: Sequence[str]) -> List[Study]:
+    b = (backbone,)
+    return [
+        Study("placement", "Where should the module go (C14)?", "placement",
+              tuple({"attention": "dual", "placement": p} for p in placements), b, baseline="plain"),
+        Study("reduction", "Reduction ratio 8 (C1) vs 16 (C5)?", "reduction",
+              ({"attention": "dual", "reduction": 8}, {"attention": "dual", "reduction": 16}), b),
+        Study("strength", "Do the article's alpha/beta presets (C10) matter?", "strength",
+              tuple({"attention": "dual", "strength": s} for s in (None, "classification", "detection", "segmentation")),
+              b),
+        Study("dropout", "Attention dropout 0.1 (C9) on or off?", "drop_rate",
+              ({"attention": "dual", "drop_rate": 0.0}, {"attention": "dual", "drop_rate": 0.1}), b),
+        Study("schedule", "Staged (C6) or single-stage training?", "schedule",
+              ({"attention": "dual", "schedule": "staged"}, {"attention": "dual", "schedule": "single"}), b),
+        Study("init", "Identity start or plain start?", "identity_init",
+              ({"attention": "dual", "identity_init": False}, {"attention": "dual", "identity_init": True}), b),
+    ]
+
+
+_SMALL = ("mobilenet_v3_small",)
+
+#: The named ablation grids.
+GRIDS: Dict[str, Grid] = {
+    "fast": Grid(
+        "fast", "fast", (0, 1),
+        (Study("variants", "plumbing check", "attention", ({"attention": None}, {"attention": "dual"}), _SMALL,
+               baseline="plain"),),
+        description="CI plumbing check: 2 variants x 2 seeds in the fast training mode.",
+    ),
+    "quick": Grid(
+        "quick", "cpu", (0, 1, 2),
+        (Study("variants", "Does attention help, and which path?", "attention", _VARIANTS, _SMALL, baseline="plain"),),
+        quick=True,
+        description="README main job: 4 variants x 3 seeds on the synthetic devkit (data generation and "
+                    "stand-in pre-training included).",
+    ),
+    "cpu": Grid(
+        "cpu", "cpu", (0, 1, 2),
+        (_variants_study(_SMALL),
+         Study("variants_single", "The same variants trained in one stage (whole network, LR 0.01)", "attention",
+               tuple({**v, "schedule": "single"} for v in _variants_study(_SMALL).variants), _SMALL,
+               baseline="plain"),
+         *_knob_studies("mobilenet_v3_small", ("after_features.3", "after_features.8", "after_features.12", "replace_se"))),
+        description="The committed CPU study (results/cpu/): every study, 3 seeds, synthetic devkit.",
+    ),
+    "full": Grid(
+        "full", "full", (0, 1, 2),
+        (_variants_study(("vgg16", "resnet50", "mobilenet_v3_large")),
+         *_knob_studies("resnet50", ("layer3.1", "layer4.1", "layer4.1.inside", "after_layer4"))),
+        description="The article's protocol on real VOC2012 with ImageNet weights, for a GPU.",
+    ),
+}
+
+
+def config_hash(config: Mapping[str, Any]) -> str:
+    """A short, stable hash of a grid point's config: its run id."""
+    return json_hash(dict(config))
+
+
+def normalise(config: Mapping[str, Any]) -> Dict[str, Any]:
+    """``config`` with its attention settings made explicit, so equal models hash equally.
+
+    The spec keys (:data:`sca_lib.spec.SPEC_KEYS`) go through
+    ``AttentionSpec.from_flat(config).normalised(backbone).to_flat()``: a plain model carries no
+    knobs, an attention model's default placement and reduction are spelled out. ``schedule``
+    defaults to ``"staged"``; every other key is kept as it is.
+    """
+    spec, rest = AttentionSpec.split_flat(config)
+    if "backbone" not in rest:
+        raise ValueError(f"a grid point's config needs a 'backbone', got keys {sorted(config)}")
+    out = dict(rest)
+    out.update(spec.normalised(rest["backbone"]).to_flat())
+    out.setdefault("schedule", "staged")
+    return out
+
+
+def build_grid(grid: str, only: Optional[Iterable[str]] = None,
+               seeds: Optional[Sequence[int]] = None) -> List[Dict[str, Any]]:
+    """Every point of a grid as ``{"study", "studies", "run_id", "config"}``, in a fixed order.
+
+    A config identical in two studies (e.g. the default dual model appears in several knob studies)
+    is one run, listed once under the first study that names it (``"study"``) and reused by the
+    others (all of them in ``"studies"``).
+    """
+    if grid not in GRIDS:
+        raise ValueError(f"unknown ablation grid {grid!r}; expected one of {', '.join(GRIDS)}")
+    g = GRIDS[grid]
+    names = [s.name for s in g.studies]
+    wanted = list(only) if only else names
+    unknown = [w for w in wanted if w not in names]
+    if unknown:
+        raise ValueError(f"--only: unknown studies {unknown} for grid {grid!r}; expected from {', '.join(names)}")
+    points: List[Dict[str, Any]] = []
+    seen: Dict[str, Dict[str, Any]] = {}
+    for study in g.studies:
+        if study.name not in wanted:
+            continue
+        for backbone in study.backbones:
+            for variant in study.variants:
+                if variant.get("attention") == "lite" and not backbone.startswith("mobilenet"):
+                    continue
+                for seed in (seeds if seeds is not None else g.seeds):
+                    base: Dict[str, Any] = {"mode": g.mode, "backbone": backbone, "seed": int(seed)}
+                    if g.quick:
+                        base["quick"] = True
+                    config = normalise({**base, **variant})
+                    rid = config_hash(config)
+                    if rid in seen:
+                        seen[rid]["studies"].append(study.name)
+                        continue
+                    seen[rid] = {"study": study.name, "studies": [study.name], "run_id": rid, "config": config}
+                    points.append(seen[rid])
+    return points
+
+
+def find_study(name: str, grid: Optional[str] = None) -> Optional[Study]:
+    """The study called ``name``: the one in ``grid`` when that grid has it, else the last grid's
+    that does (``full`` before ``cpu``, ...); None when no grid has it."""
+    order = ([GRIDS[grid]] if grid in GRIDS else []) + list(reversed(list(GRIDS.values())))
+    for g in order:
+        for study in g.studies:
+            if study.name == name:
+                return study
+    return None

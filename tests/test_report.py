@@ -1,0 +1,124 @@
+"""The report: statistics, tables from hand-made and committed results, bad and failed rows."""
+
+import ast
+import json
+import math
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from sca_lib import report, studies
+from sca_lib.results import append_row
+
+ROOT = Path(__file__).resolve().parent.parent
+COMMITTED = ROOT / "results" / "cpu"
+
+
+def test_t_interval_matches_hand_computation():
+    m, lo, hi, n = report.mean_ci([1.0, 2.0, 3.0])
+    half = 4.303 * 1.0 / math.sqrt(3)
+    assert (m, n) == (2.0, 3) and lo == pytest.approx(2 - half) and hi == pytest.approx(2 + half)
+    assert report.mean_ci([5.0])[1:3] == (float("-inf"), float("inf"))
+    assert report.t_quantile(100) == 1.96
+
+
+def test_paired_difference_uses_common_seeds_only():
+    a = {0: 0.60, 1: 0.62, 2: 0.64, 3: 0.9}
+    b = {0: 0.50, 1: 0.51, 2: 0.55}
+    d, lo, hi, n = report.paired_difference(a, b)
+    diffs = np.array([0.10, 0.11, 0.09])
+    assert n == 3 and d == pytest.approx(diffs.mean())
+    assert hi - d == pytest.approx(4.303 * diffs.std(ddof=1) / math.sqrt(3))
+
+
+def _rows(values):
+    rows = []
+    for attention, maps in values.items():
+        for seed, v in enumerate(maps):
+            cfg = studies.normalise({"mode": "cpu", "backbone": "resnet18", "seed": seed, "attention": attention})
+            rows.append({"run_id": f"{attention}-{seed}", "study": "variants", "studies": ["variants"], "config": cfg,
+                         "mAP": v, "top1": v, "params_total": 10, "wall_time_s": 1.0, "git_commit": "abc"})
+    return rows
+
+
+def _write(path, rows):
+    with open(path, "w") as f:
+        for r in rows:
+            f.write(json.dumps(r) + "\n")
+
+
+def test_study_table_marks_significance_on_a_hand_made_results_file():
+    rows = _rows({None: [0.50, 0.52, 0.54], "dual": [0.60, 0.62, 0.64], "channel": [0.49, 0.55, 0.52]})
+    table = report.study_table(report.results_frame(rows), "variants", "mAP").set_index("setting")
+    assert table.loc["dual", "diff"] == pytest.approx(10.0)          # +10 points on every seed
+    assert table.loc["dual", "significant"] == "yes"
+    assert table.loc["channel", "significant"] == "no"               # diffs -1, +3, -2: CI contains 0
+    assert table.loc["none", "significant"] == "" and math.isnan(table.loc["none", "diff"])
+    assert table.loc["dual", "mAP mean"] == pytest.approx(62.0)
+
+
+def test_write_report_files(tmp_path):
+    _write(tmp_path / "runs.jsonl", _rows({None: [0.50, 0.52, 0.54], "dual": [0.60, 0.62, 0.64]}))
+    tables = report.write_report(tmp_path, quiet=True)
+    assert (tmp_path / "summary.md").read_text().count("| resnet18 |") == 4  # 2 settings x (mAP, top1)
+    assert (tmp_path / "fig_variants.png").stat().st_size > 1000
+    assert set(pd.read_csv(tmp_path / "summary.csv")["metric"]) == {"mAP", "top1"}
+    assert "variants/mAP" in tables
+    with pytest.raises(FileNotFoundError, match="no results in"):
+        report.write_report(tmp_path / "empty")
+
+
+def test_the_committed_results_regenerate_the_same_tables(tmp_path, monkeypatch):
+    """Byte for byte, from the committed (older-format) rows, with the command the header names."""
+    (tmp_path / "results" / "cpu").mkdir(parents=True)
+    for f in COMMITTED.glob("*.jsonl"):
+        shutil.copy(f, tmp_path / "results" / "cpu" / f.name)
+    monkeypatch.chdir(tmp_path)
+    report.write_report(Path("results/cpu"), figures=False, quiet=True)
+    for name in ("summary.md", "summary.csv"):
+        assert (tmp_path / "results" / "cpu" / name).read_bytes() == (COMMITTED / name).read_bytes(), name
+
+
+def test_rows_of_the_wrong_shape_do_not_crash_the_report(tmp_path, capsys):
+    rows = _rows({None: [0.50, 0.52, 0.54], "dual": [0.60, 0.62, 0.64]})
+    _write(tmp_path / "runs.jsonl", rows)
+    with open(tmp_path / "runs.jsonl", "a") as f:
+        f.write("{}\nnull\n" + json.dumps({k: v for k, v in rows[0].items() if k != "mAP"} | {"run_id": "x"}) + "\n")
+    tables = report.write_report(tmp_path, figures=False, quiet=True)
+    assert tables["variants/mAP"]["n seeds"].tolist() == [3, 3]
+    err = capsys.readouterr().err
+    assert all(f"runs.jsonl:{n}:" in err for n in (7, 8, 9))
+
+
+def test_failed_runs_are_left_out_of_the_statistics_and_listed(tmp_path):
+    rows = _rows({None: [0.50, 0.52, 0.54], "dual": [0.60, 0.62, 0.64]})
+    for r in rows:
+        r["grid"] = "fast"
+    _write(tmp_path / "runs.jsonl", rows)
+    cfg = studies.normalise({"mode": "cpu", "backbone": "resnet18", "seed": 3, "attention": "dual"})
+    append_row(tmp_path / "runs.jsonl", {"run_id": "dual-3", "study": "variants", "grid": "fast", "config": cfg,
+                                         "status": "failed", "reason": "loss is nan at step 7 | epoch 1"})
+    tables = report.write_report(tmp_path, figures=False, quiet=True)
+    assert tables["variants/mAP"]["n seeds"].tolist() == [3, 3]
+    md = (tmp_path / "summary.md").read_text()
+    assert "6 runs (1 more failed, listed at the end)" in md
+    assert "## Failed runs" in md and "| dual-3 | variants | resnet18 | dual | 3 | loss is nan at step 7 \\| epoch 1 |" in md
+    assert "--grid fast --retry-failed" in md
+    assert "dual-3" not in (tmp_path / "summary.csv").read_text()
+
+
+def _imports(module):
+    tree = ast.parse((ROOT / "sca_lib" / f"{module}.py").read_text())
+    return {(n.module or "").lstrip(".") for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)} | \
+           {a.name for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module is None for a in n.names}
+
+
+def test_only_the_runner_imports_the_report():
+    for module in ("report", "results", "studies"):
+        assert "ablate" not in _imports(module), module
+    for module in ("results", "studies"):
+        assert "report" not in _imports(module), module
+    assert "report" in _imports("ablate")
