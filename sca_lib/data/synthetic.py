@@ -241,6 +241,11 @@ def read_marker(root: Union[str, Path], name: str = "VOC2012") -> Optional[dict]
         return None
 
 
+def _lock_path(root: Path, cfg: SyntheticConfig) -> Path:
+    """The lock file that processes generating ``root/VOCdevkit/<cfg.name>`` take turns on."""
+    return root / f".{cfg.name}.lock"
+
+
 def is_intact(root: Union[str, Path], cfg: SyntheticConfig) -> bool:
     """True when ``root`` holds an intact devkit of exactly ``cfg``: its ``synthetic.json`` records
     ``cfg`` and this generator version, and every split list, class file, image and annotation is
@@ -316,7 +321,7 @@ def generate_synthetic_voc(root: Union[str, Path], config: Optional[SyntheticCon
     devkits = root / "VOCdevkit"
     final = devkits / cfg.name
     devkits.mkdir(parents=True, exist_ok=True)
-    with file_lock(root / f".{cfg.name}.lock", what=f"generating the synthetic devkit {final}"):
+    with file_lock(_lock_path(root, cfg), what=f"generating the synthetic devkit {final}"):
         clean_stale_temp(devkits)
         if is_intact(root, cfg):
             if verbose:
@@ -365,7 +370,10 @@ def ensure_synthetic(variant: str = "target", mode: str = "cpu", root: Union[str
     mode = synthetic_mode(mode)
     cfg = make_config(variant, mode, **overrides)
     root = Path(root) if root is not None else synthetic_root(variant, mode)
-    clean_stale_temp(root / "VOCdevkit")
+    devkits = root / "VOCdevkit"
+    if devkits.is_dir() and any(p.name.startswith(f".{cfg.name}.") for p in devkits.iterdir()):
+        with file_lock(_lock_path(root, cfg), what=f"generating the synthetic devkit {devkits / cfg.name}"):
+            clean_stale_temp(devkits)  # under the lock: no generator of this tree is running
     if is_intact(root, cfg):
         return root
     if verbose:
