@@ -2,13 +2,13 @@
 
 Two measurements:
 
-``throughput`` (default): images per second through a ``DataLoader`` for the classification and
+``throughput`` (the default measurement): images per second through a ``DataLoader`` for the classification and
 the detection dataset, with 0 and 2 worker processes, printed side by side, plus the synthetic
 generator's own speed. Each cell is the best of ``--repeats`` full passes after one warm-up pass,
 so it measures decoding + transforms + collation, not the page cache filling up.
 
     python benchmarks/bench_data.py                         # synthetic target-cpu devkit, 96 px
-    python benchmarks/bench_data.py --preset fast --repeats 1
+    python benchmarks/bench_data.py --mode fast --repeats 1
     python benchmarks/bench_data.py --root data --size 224  # real VOC2012 (val split)
 
 ``baseline``: the "not trivially saturated" check of the synthetic devkit. A plain torchvision
@@ -50,7 +50,7 @@ from sca_lib.data import (
 def _root(args) -> Path:
     if args.root is not None:
         return Path(args.root)
-    return ensure_synthetic("target", args.preset, verbose=True)
+    return ensure_synthetic("target", args.mode, verbose=True)
 
 
 def _rate(loader: DataLoader, repeats: int) -> float:
@@ -165,9 +165,10 @@ def baseline(args) -> int:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("mode", nargs="?", choices=("throughput", "baseline"), default="throughput")
+    parser.add_argument("measurement", nargs="?", choices=("throughput", "baseline"), default="throughput")
     parser.add_argument("--root", default=None, help="dataset root (holds VOCdevkit/); default: the synthetic devkit")
-    parser.add_argument("--preset", default="cpu", choices=("fast", "cpu"), help="synthetic preset when --root is not given")
+    parser.add_argument("--mode", default="cpu", type=str.lower, choices=("fast", "cpu"),
+                        help="run mode whose synthetic devkit to read when --root is not given")
     parser.add_argument("--split", default="val")
     parser.add_argument("--size", type=int, default=96, help="image side after resizing (px)")
     parser.add_argument("--batch-size", type=int, default=32)
@@ -180,7 +181,7 @@ def main(argv=None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=0, help="baseline: torch intra-op threads (0: default)")
     args = parser.parse_args(argv)
-    return throughput(args) if args.mode == "throughput" else baseline(args)
+    return throughput(args) if args.measurement == "throughput" else baseline(args)
 
 
 if __name__ == "__main__":

@@ -140,7 +140,7 @@ def test_source_variant_is_single_label_with_other_classes(tmp_path):
 def test_synthetic_config_validation():
     with pytest.raises(ValueError, match="variant"):
         make_config("imagenet")
-    with pytest.raises(ValueError, match="preset"):
+    with pytest.raises(ValueError, match="not a run mode"):
         make_config("target", "huge")
     with pytest.raises(ValueError, match="image_size"):
         make_config("target", "fast", image_size=8)
@@ -384,9 +384,9 @@ def test_all_bad_is_an_empty_split(syn_copy):
 # ---------------------------------------------------------------------------------------------
 def test_cli_synthetic_and_check(tmp_path, capsys):
     out = tmp_path / "cli"
-    assert cli(["synthetic", "--out", str(out), "--preset", "fast", "--n-train", "3", "--n-val", "2",
+    assert cli(["synthetic", "--out", str(out), "--mode", "fast", "--n-train", "3", "--n-val", "2",
                 "--size", "64"]) == 0
-    assert cli(["synthetic", "--out", str(out), "--preset", "fast", "--n-train", "3", "--n-val", "2",
+    assert cli(["synthetic", "--out", str(out), "--mode", "fast", "--n-train", "3", "--n-val", "2",
                 "--size", "64"]) == 0
     assert "nothing to do" in capsys.readouterr().out
     ds = VOCDetection(out, split="val")
@@ -399,6 +399,6 @@ def test_cli_synthetic_and_check(tmp_path, capsys):
 
 def test_cli_synthetic_default_location(tmp_path, monkeypatch):
     monkeypatch.setenv("SCA_DATA_DIR", str(tmp_path))
-    assert cli(["synthetic", "--variant", "source", "--preset", "fast", "--n-train", "2", "--n-val", "1"]) == 0
+    assert cli(["synthetic", "--variant", "source", "--mode", "fast", "--n-train", "2", "--n-val", "1"]) == 0
     assert (tmp_path / "synthetic" / "source-fast" / "VOCdevkit" / "VOC2012" / "synthetic.json").is_file()
     assert os.listdir(tmp_path / "synthetic" / "source-fast" / "VOCdevkit") == ["VOC2012"], "no temp dirs left"

@@ -117,7 +117,8 @@ def _spec(archive: bytes, mirrors=()) -> ArchiveSpec:
 
 
 def _leftovers(root: Path):
-    return sorted(p.name for p in root.iterdir() if p.name.startswith(".extract") or p.name.endswith(".part"))
+    """Temporary files and folders (``.<name>.tmp<PID>``, partial downloads) left in ``root``."""
+    return sorted(p.name for p in root.iterdir() if ".tmp" in p.name or ".extract" in p.name or p.name.endswith(".part"))
 
 
 def test_voc2012_spec_is_the_official_archive():
@@ -234,3 +235,23 @@ def test_cli_download_voc(server, archive, tmp_path, monkeypatch, capsys):
     assert rc == 0 and (root / NAME).exists()
     assert cli(["download-voc", "--root", str(root), "--mirror", _dead_url()]) == 0
     assert "nothing to do" in capsys.readouterr().out
+
+
+def test_extraction_folders_of_killed_runs_are_removed(archive, tmp_path, monkeypatch):
+    """A run killed while extracting leaves ``.VOCtrainval-extract.tmp<PID>`` (2 GB for real VOC);
+    the next run removes it. The default root is config.data_dir() ($SCA_DATA_DIR)."""
+    import subprocess
+    import sys
+
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    root = tmp_path / "data"
+    stale = root / f".VOCtrainval-extract.tmp{dead.pid}" / "VOCdevkit" / "VOC2012"
+    stale.mkdir(parents=True)
+    (stale / "2008_000008.jpg").write_bytes(b"half")
+    tar = tmp_path / NAME
+    tar.write_bytes(archive)
+    monkeypatch.setenv("SCA_DATA_DIR", str(root))
+    download_voc(spec=_spec(archive), archive=tar, verbose=False)
+    assert (root / "VOCdevkit" / "VOC2012" / MARKER).is_file()
+    assert _leftovers(root) == []

@@ -8,7 +8,8 @@ What it guarantees:
   resumes from where it stopped (HTTP ``Range``), on the same or the next mirror.
 - The archive is checked against its MD5 (``6cd6e144f989b92b3379bac3b3de84fd``) **before**
   anything is extracted; a mismatch discards it and tries the next mirror.
-- It is extracted into a temporary folder under ``<root>``, checked, and only then moved into
+- It is extracted into a temporary folder under ``<root>`` (``.VOCtrainval-extract.tmp<PID>``,
+  removed by the next run if the process was killed), checked, and only then moved into
   place with one rename; a marker file (``.sca_lib_download.json``) is written last. A crash at any
   point leaves no tree that looks complete.
 - A valid tree already in place is left alone (``--force`` re-downloads).
@@ -38,7 +39,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, List, Optional, Sequence, Tuple, Union
 
-from .voc import check_voc_tree
+from .._io import clean_stale_temp, temp_name
+from ..config import data_dir
+from .devkit import check_voc_tree
 
 __all__ = ["ArchiveSpec", "VOC2012_TRAINVAL", "DownloadError", "download_voc", "file_md5", "manual_instructions"]
 
@@ -185,7 +188,9 @@ def _safe_extract(archive: Path, dest: Path) -> None:
 
 def _extract(archive: Path, root: Path, spec: ArchiveSpec, source: str, log: Callable[[str], None]) -> None:
     """Extract into a temporary folder, check, move into place, write the marker last."""
-    tmp = Path(tempfile.mkdtemp(prefix=".extract-", dir=root))
+    tmp = temp_name(root / "VOCtrainval-extract")  # .VOCtrainval-extract.tmp<PID>, see clean_stale_temp
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
     try:
         log(f"extracting {archive.name} ...")
         try:
@@ -208,14 +213,14 @@ def _extract(archive: Path, root: Path, spec: ArchiveSpec, source: str, log: Cal
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def download_voc(root: PathLike = "data", spec: ArchiveSpec = VOC2012_TRAINVAL,
+def download_voc(root: Optional[PathLike] = None, spec: ArchiveSpec = VOC2012_TRAINVAL,
                  mirrors: Optional[Sequence[str]] = None, archive: Optional[PathLike] = None,
                  force: bool = False, keep_archive: bool = False, timeout: float = 60.0,
                  attempts: int = 3, verbose: bool = True) -> Path:
     """Make ``<root>/VOCdevkit/VOC2012`` from the VOC2012 trainval archive; returns ``root``.
 
     Args:
-        root: the dataset root (it will hold ``VOCdevkit/``).
+        root: the dataset root (it will hold ``VOCdevkit/``); default :func:`sca_lib.config.data_dir`.
         spec: which archive (file name, MD5, mirrors).
         mirrors: URLs to try in order instead of ``spec.mirrors``.
         archive: a local copy of the archive to verify and extract instead of downloading.
@@ -228,7 +233,7 @@ def download_voc(root: PathLike = "data", spec: ArchiveSpec = VOC2012_TRAINVAL,
         DownloadError: every mirror failed (the message lists why and how to do it by hand), or
             the archive's MD5 does not match (nothing is extracted).
     """
-    root = Path(root)
+    root = Path(root) if root is not None else data_dir()
     log = (lambda msg: print(msg, flush=True)) if verbose else (lambda msg: None)
     dest = root / spec.devkit
     if not force and dest.is_dir():
@@ -239,6 +244,7 @@ def download_voc(root: PathLike = "data", spec: ArchiveSpec = VOC2012_TRAINVAL,
             return root
         log(f"{dest} exists but is incomplete ({problems[0]}); fetching a fresh copy")
     root.mkdir(parents=True, exist_ok=True)
+    clean_stale_temp(root)  # extraction folders of killed runs
 
     if archive is not None:
         archive = Path(archive)

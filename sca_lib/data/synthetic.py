@@ -6,36 +6,27 @@ Pascal VOC (``sca_lib.data`` and ``torchvision.datasets.VOCDetection`` itself) r
 It is a stand-in for plumbing and for small, honest CPU experiments; it is **not** Pascal VOC and
 numbers measured on it say nothing about the article's VOC numbers (``data/README.md``).
 
-Two variants, each with 20 classes of its own:
+This module holds what to generate (:class:`SyntheticConfig`, sized per run mode by :data:`SIZES`)
+and the writing of the tree; :mod:`sca_lib.data.render` draws the images (the ``target`` and
+``source`` variants and their classes are described there). Everything is drawn from a seed: the
+same configuration writes byte-identical files with the same NumPy and Pillow versions (JPEG
+encoding with fixed settings is deterministic; annotations carry no timestamps).
 
-- ``"target"`` (the VOC stand-in): 1 to 3 small objects per image, multi-label. A class is a
-  conjunction of a *shape* (disc, square, triangle, star, cross) and a *skin* (solid red, solid
-  blue, yellow/black stripes, magenta/white checks): 5 x 4 = 20 classes. Neither cue alone names
-  the class, because distractors carry class shapes in other skins and other shapes in class skins,
-  on a cluttered, textured background. Some objects are ``difficult`` (tiny or mostly occluded),
-  some ``truncated`` by the border. Attention has something to do: find the few small regions that
-  matter ("where") and tell the conjunction of cues apart ("what").
-- ``"source"`` (a local stand-in for ImageNet pre-training): one larger object per image, single
-  label, 20 *other* classes (shapes ring, hexagon, arrow, crescent, tee x skins green, purple, grid,
-  dots), same kind of clutter. Pre-train a backbone on it, transfer to ``"target"``.
+Several processes may ask for the same devkit at once (e.g. shards of an ablation grid on a fresh
+data folder): generation holds a lock file, builds the tree in ``VOCdevkit/.<name>.tmp<PID>`` and
+renames it into place; a process that finds an intact tree of the same configuration uses it and
+never replaces it. Temporary folders left by a killed process are removed by the next one.
 
-Everything is drawn from a seed: image ``i`` of a variant depends only on ``(seed, variant, i)``,
-and the same configuration writes byte-identical files with the same NumPy and Pillow versions
-(JPEG encoding with fixed settings is deterministic; annotations carry no timestamps).
-
-Command line: ``python -m sca_lib.data synthetic --root data --variant target --preset cpu``.
+Command line: ``python -m sca_lib.data synthetic --root data --variant target --mode cpu``.
 """
 
 from __future__ import annotations
 
-import colorsys
 import dataclasses
 import io
 import json
-import math
 import os
 import shutil
-import tempfile
 import time
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass
@@ -43,11 +34,24 @@ from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
-from PIL import Image, ImageDraw
+
+from .._io import clean_stale_temp, file_lock, temp_name
+from ..config import MODES, check_mode
+from ..config import data_dir as default_data_dir
+from .devkit import SPLITS
+from .render import (
+    GENERATOR_VERSION,
+    SOURCE_CLASSES,
+    TARGET_CLASSES,
+    VARIANTS,
+    check_variant,
+    render_sample,
+    synthetic_classes,
+)
 
 __all__ = [
     "SyntheticConfig",
-    "PRESETS",
+    "SIZES",
     "VARIANTS",
     "TARGET_CLASSES",
     "SOURCE_CLASSES",
@@ -57,64 +61,13 @@ __all__ = [
     "generate_synthetic_voc",
     "ensure_synthetic",
     "synthetic_root",
+    "read_marker",
+    "is_intact",
     "render_sample",
 ]
 
 #: Written last into ``VOCdevkit/<name>/``: the configuration, the class list and the counts.
 MARKER = "synthetic.json"
-#: Bump when the drawing changes: it is part of every image's seed and of the up-to-date check.
-GENERATOR_VERSION = 1
-VARIANTS = ("target", "source")
-
-# --------------------------------------------------------------------------------------------
-# Appearance vocabulary
-# --------------------------------------------------------------------------------------------
-TARGET_SHAPES = ("disc", "square", "triangle", "star", "cross")
-TARGET_SKINS = ("red", "blue", "striped", "checked")
-SOURCE_SHAPES = ("ring", "hexagon", "arrow", "crescent", "tee")
-SOURCE_SKINS = ("green", "purple", "grid", "dotted")
-# Shapes and skins that never name a class of either variant.
-FREE_SHAPES = ("ellipse", "ell", "semicircle", "diamond")
-FREE_SKINS = ("grey", "brown", "orange", "noise")
-
-TARGET_CLASSES: Tuple[str, ...] = tuple(f"{k}-{s}" for s in TARGET_SHAPES for k in TARGET_SKINS)
-SOURCE_CLASSES: Tuple[str, ...] = tuple(f"{k}-{s}" for s in SOURCE_SHAPES for k in SOURCE_SKINS)
-
-# Distractors of each variant: (shapes, skins) pairs that are never a class of that variant.
-_DISTRACTORS = {
-    # right shape, wrong skin / wrong shape, right skin / neither
-    "target": (
-        (TARGET_SHAPES, FREE_SKINS + SOURCE_SKINS),
-        (FREE_SHAPES + SOURCE_SHAPES, TARGET_SKINS),
-        (FREE_SHAPES + SOURCE_SHAPES, FREE_SKINS + SOURCE_SKINS),
-    ),
-    "source": (
-        (SOURCE_SHAPES, FREE_SKINS + TARGET_SKINS),
-        (FREE_SHAPES + TARGET_SHAPES, SOURCE_SKINS),
-        (FREE_SHAPES + TARGET_SHAPES, FREE_SKINS + TARGET_SKINS),
-    ),
-}
-
-_SOLID_HSV = {  # hue, (sat lo, hi), (val lo, hi)
-    "red": (0.0, (0.65, 0.95), (0.55, 0.95)),
-    "blue": (0.62, (0.6, 0.95), (0.5, 0.95)),
-    "green": (0.33, (0.55, 0.9), (0.45, 0.85)),
-    "purple": (0.80, (0.45, 0.8), (0.45, 0.85)),
-    "grey": (0.0, (0.0, 0.08), (0.35, 0.8)),
-    "brown": (0.07, (0.5, 0.8), (0.3, 0.5)),
-    "orange": (0.09, (0.7, 0.95), (0.75, 1.0)),
-}
-
-
-def synthetic_classes(variant: str = "target") -> Tuple[str, ...]:
-    """The 20 class names of a variant, in label order."""
-    _check_variant(variant)
-    return TARGET_CLASSES if variant == "target" else SOURCE_CLASSES
-
-
-def _check_variant(variant: str) -> None:
-    if variant not in VARIANTS:
-        raise ValueError(f"unknown synthetic variant {variant!r}; expected one of {', '.join(VARIANTS)}")
 
 
 # --------------------------------------------------------------------------------------------
@@ -157,7 +110,7 @@ class SyntheticConfig:
     name: str = "VOC2012"
 
     def __post_init__(self) -> None:
-        _check_variant(self.variant)
+        check_variant(self.variant)
         if self.n_train < 0 or self.n_val < 0 or self.n_train + self.n_val == 0:
             raise ValueError(f"need n_train, n_val >= 0 and at least one image, got {self.n_train}, {self.n_val}")
         lo, hi = self.size_range
@@ -179,9 +132,10 @@ class SyntheticConfig:
         return d
 
 
-#: Ready-made sizes. ``fast``: a few dozen images for CI and notebooks in fast mode (seconds).
-#: ``cpu``: the small-but-real CPU experiments of later issues.
-PRESETS: Dict[str, Dict[str, Dict]] = {
+#: Images per split of each variant, per run mode. ``fast``: a few dozen images for CI and notebooks
+#: in fast mode. ``cpu``: the small-but-real CPU experiments. Mode ``full`` trains on real Pascal
+#: VOC2012, so it has no synthetic size.
+SIZES: Dict[str, Dict[str, Dict]] = {
     "target": {
         "fast": dict(n_train=64, n_val=40),
         "cpu": dict(n_train=800, n_val=400),
@@ -195,302 +149,36 @@ _SOURCE_DEFAULTS = dict(objects=(1, 1), object_scale=(0.32, 0.6), p_tiny=0.0, p_
                         distractors=(2, 5))
 
 
-def make_config(variant: str = "target", preset: str = "cpu", **overrides) -> SyntheticConfig:
-    """A :class:`SyntheticConfig` from a preset (``"fast"`` or ``"cpu"``) plus overrides."""
-    _check_variant(variant)
-    if preset not in PRESETS[variant]:
-        raise ValueError(f"unknown preset {preset!r}; expected one of {', '.join(PRESETS[variant])}")
+def synthetic_mode(mode: str) -> str:
+    """``mode`` normalised (``"FAST"`` -> ``"fast"``) if it has a synthetic size; else a ValueError."""
+    mode = check_mode(mode, "mode")
+    if mode not in SIZES["target"]:
+        sized = [m for m in MODES if m in SIZES["target"]]
+        raise ValueError(
+            f"mode {mode!r} has no synthetic devkit size: it trains on real Pascal VOC2012 "
+            f"(python -m sca_lib.data download-voc, see data/README.md); for a synthetic devkit use "
+            f"mode {' or '.join(sized)}")
+    return mode
+
+
+def make_config(variant: str = "target", mode: str = "cpu", **overrides) -> SyntheticConfig:
+    """A :class:`SyntheticConfig` of the size of run ``mode`` (``"fast"`` or ``"cpu"``) plus overrides."""
+    check_variant(variant)
     kw = dict(_SOURCE_DEFAULTS) if variant == "source" else {}
-    kw.update(PRESETS[variant][preset])
+    kw.update(SIZES[variant][synthetic_mode(mode)])
     kw.update({k: v for k, v in overrides.items() if v is not None})
     return SyntheticConfig(variant=variant, **kw)
 
 
-# --------------------------------------------------------------------------------------------
-# Drawing
-# --------------------------------------------------------------------------------------------
-def _star(n: int, inner: float) -> np.ndarray:
-    a = np.arange(2 * n) * math.pi / n - math.pi / 2
-    r = np.where(np.arange(2 * n) % 2 == 0, 1.0, inner)
-    return np.stack([r * np.cos(a), r * np.sin(a)], 1)
+def synthetic_root(variant: str = "target", mode: str = "cpu", data_dir: Union[str, Path, None] = None) -> Path:
+    """Where a mode's devkit lives by default: ``<data_dir>/synthetic/<variant>-<mode>``, with
+    ``data_dir`` defaulting to :func:`sca_lib.config.data_dir`.
 
-
-def _ngon(n: int, phase: float = -math.pi / 2) -> np.ndarray:
-    a = np.arange(n) * 2 * math.pi / n + phase
-    return np.stack([np.cos(a), np.sin(a)], 1)
-
-
-def _ellipse(ax: float = 1.0, ay: float = 1.0, n: int = 40, a0: float = 0.0, a1: float = 2 * math.pi) -> np.ndarray:
-    a = np.linspace(a0, a1, n, endpoint=(a1 - a0) < 2 * math.pi - 1e-6)
-    return np.stack([ax * np.cos(a), ay * np.sin(a)], 1)
-
-
-_W = 0.36  # arm half-width of cross / tee / ell
-# Each shape: list of (polygon in [-1, 1]^2, fill) drawn in order; fill 0 cuts a hole.
-_SHAPES = {
-    "disc": lambda r: [(_ellipse(1, r.uniform(0.85, 1.0)), 255)],
-    "square": lambda r: [(np.array([[-1, -1], [1, -1], [1, 1], [-1, 1]]) * [0.85, 0.85 * r.uniform(0.85, 1.0)], 255)],
-    "triangle": lambda r: [(_ngon(3) * [1, 1] + [0, 0.2], 255)],
-    "star": lambda r: [(_star(5, 0.45), 255)],
-    "cross": lambda r: [(np.array([[-_W, -1], [_W, -1], [_W, -_W], [1, -_W], [1, _W], [_W, _W], [_W, 1],
-                                   [-_W, 1], [-_W, _W], [-1, _W], [-1, -_W], [-_W, -_W]]), 255)],
-    "ring": lambda r: [(_ellipse(1, 1), 255), (_ellipse(0.55, 0.55), 0)],
-    "hexagon": lambda r: [(_ngon(6, 0.0), 255)],
-    "arrow": lambda r: [(np.array([[-1, -0.3], [0.1, -0.3], [0.1, -0.8], [1, 0], [0.1, 0.8], [0.1, 0.3],
-                                   [-1, 0.3]]), 255)],
-    "crescent": lambda r: [(_ellipse(1, 1), 255), (_ellipse(0.85, 0.85) + [0.45, 0], 0)],
-    "tee": lambda r: [(np.array([[-1, -1], [1, -1], [1, -1 + 2 * _W], [_W, -1 + 2 * _W], [_W, 1], [-_W, 1],
-                                 [-_W, -1 + 2 * _W], [-1, -1 + 2 * _W]]), 255)],
-    "ellipse": lambda r: [(_ellipse(1, r.uniform(0.35, 0.55)), 255)],
-    "ell": lambda r: [(np.array([[-0.8, -1], [-0.8 + 2 * _W * 0.8, -1], [-0.8 + 2 * _W * 0.8, 1 - 2 * _W * 0.8],
-                                 [0.8, 1 - 2 * _W * 0.8], [0.8, 1], [-0.8, 1]]), 255)],
-    "semicircle": lambda r: [(_ellipse(1, 1, 24, 0, math.pi) - [0, 0.4], 255)],
-    "diamond": lambda r: [(np.array([[0, -1], [0.55, 0], [0, 1], [-0.55, 0]]), 255)],
-}
-
-
-def _shape_mask(shape: str, side: int, rng: np.random.Generator) -> np.ndarray:
-    """A (side, side) uint8 mask of ``shape``, randomly rotated, anti-aliased."""
-    ss = 3  # supersampling
-    big = side * ss
-    img = Image.new("L", (big, big), 0)
-    draw = ImageDraw.Draw(img)
-    theta = rng.uniform(0, 2 * math.pi)
-    rot = np.array([[math.cos(theta), -math.sin(theta)], [math.sin(theta), math.cos(theta)]])
-    half = (big - 1) / 2.0
-    for poly, fill in _SHAPES[shape](rng):
-        pts = (np.asarray(poly, dtype=np.float64) @ rot.T) * half * 0.98 + half
-        draw.polygon([tuple(p) for p in pts], fill=fill)
-    return np.asarray(img.resize((side, side), Image.BOX))
-
-
-def _hsv(h: float, s: float, v: float) -> np.ndarray:
-    return np.array(colorsys.hsv_to_rgb(h % 1.0, s, v), dtype=np.float32) * 255.0
-
-
-def _stripes(h: int, w: int, rng: np.random.Generator, period: float) -> np.ndarray:
-    theta = rng.uniform(0, math.pi)
-    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
-    phase = rng.uniform(0, period)
-    return (((xx * math.cos(theta) + yy * math.sin(theta) + phase) % period) < period / 2).astype(np.float32)
-
-
-def _checks(h: int, w: int, rng: np.random.Generator, cell: float) -> np.ndarray:
-    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
-    ox, oy = rng.uniform(0, cell, 2)
-    return ((np.floor((xx + ox) / cell) + np.floor((yy + oy) / cell)) % 2).astype(np.float32)
-
-
-def _two_tone(t: np.ndarray, c0: np.ndarray, c1: np.ndarray) -> np.ndarray:
-    return c0 * (1 - t[..., None]) + c1 * t[..., None]
-
-
-def _skin(skin: str, h: int, w: int, rng: np.random.Generator) -> np.ndarray:
-    """An (h, w, 3) float32 RGB texture for ``skin``."""
-    j = rng.uniform(-0.12, 0.12)  # brightness jitter
-    if skin in _SOLID_HSV:
-        hue, (s0, s1), (v0, v1) = _SOLID_HSV[skin]
-        c = _hsv(hue + rng.uniform(-0.025, 0.025), rng.uniform(s0, s1), rng.uniform(v0, v1))
-        out = np.broadcast_to(c, (h, w, 3)).astype(np.float32)
-        # a soft shading gradient so solids are not perfectly flat
-        g = np.linspace(-1, 1, w, dtype=np.float32)[None, :, None] * rng.uniform(-18, 18)
-        return out + g
-    if skin == "striped":  # yellow / near-black stripes
-        t = _stripes(h, w, rng, rng.uniform(4.0, 6.5))
-        return _two_tone(t, _hsv(0.15 + rng.uniform(-0.02, 0.02), 0.9, 0.95 + j / 3), _hsv(0.0, 0.0, 0.12))
-    if skin == "checked":  # magenta / white checks
-        t = _checks(h, w, rng, rng.uniform(3.0, 5.0))
-        return _two_tone(t, _hsv(0.87, 0.8, 0.85 + j / 3), _hsv(0.0, 0.0, 0.97))
-    if skin == "grid":  # white grid lines on dark blue-green
-        yy, xx = np.mgrid[0:h, 0:w]
-        p = int(rng.integers(4, 7))
-        t = (((xx % p) == 0) | ((yy % p) == 0)).astype(np.float32)
-        return _two_tone(t, _hsv(0.5, 0.7, 0.35), _hsv(0.0, 0.0, 0.95))
-    if skin == "dotted":  # black dots on orange-yellow
-        yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
-        p = rng.uniform(4.0, 6.0)
-        d = np.hypot((xx % p) - p / 2, (yy % p) - p / 2)
-        t = (d < p * 0.28).astype(np.float32)
-        return _two_tone(t, _hsv(0.12, 0.75, 0.9), _hsv(0.0, 0.0, 0.08))
-    if skin == "noise":  # multicoloured speckle
-        base = rng.uniform(60, 200, 3).astype(np.float32)
-        return base + rng.normal(0, 45, (h, w, 3)).astype(np.float32)
-    raise KeyError(skin)
-
-
-def _background(h: int, w: int, rng: np.random.Generator) -> np.ndarray:
-    """A cluttered, textured (h, w, 3) float32 background."""
-    low = rng.uniform(40, 210, (3, 3, 3)).astype(np.uint8)
-    img = np.asarray(Image.fromarray(low).resize((w, h), Image.BICUBIC), dtype=np.float32)
-    # texture patches in random colours (never a class's exact skin)
-    for _ in range(int(rng.integers(2, 5))):
-        ph, pw = int(rng.integers(h // 5, h // 2 + 1)), int(rng.integers(w // 5, w // 2 + 1))
-        y, x = int(rng.integers(0, h - ph + 1)), int(rng.integers(0, w - pw + 1))
-        kind = rng.integers(3)
-        if kind == 0:
-            t = _stripes(ph, pw, rng, rng.uniform(2.5, 8.0))
-        elif kind == 1:
-            t = _checks(ph, pw, rng, rng.uniform(2.0, 7.0))
-        else:
-            t = (rng.random((ph, pw)) < 0.5).astype(np.float32)
-        c0, c1 = rng.uniform(30, 225, 3), rng.uniform(30, 225, 3)
-        a = rng.uniform(0.25, 0.6)
-        img[y:y + ph, x:x + pw] = (1 - a) * img[y:y + ph, x:x + pw] + a * _two_tone(t, c0, c1)
-    # lines and arcs
-    pil = Image.fromarray(np.clip(img, 0, 255).astype(np.uint8))
-    draw = ImageDraw.Draw(pil)
-    for _ in range(int(rng.integers(3, 9))):
-        col = tuple(int(c) for c in rng.integers(0, 256, 3))
-        pts = [(float(rng.uniform(-10, w + 10)), float(rng.uniform(-10, h + 10))) for _ in range(2)]
-        if rng.random() < 0.6:
-            draw.line(pts, fill=col, width=int(rng.integers(1, 3)))
-        else:
-            x0, y0 = min(p[0] for p in pts), min(p[1] for p in pts)
-            x1, y1 = max(p[0] for p in pts), max(p[1] for p in pts)
-            draw.arc([x0, y0, x1 + 2, y1 + 2], float(rng.uniform(0, 360)), float(rng.uniform(0, 360)),
-                     fill=col, width=int(rng.integers(1, 3)))
-    return np.asarray(pil, dtype=np.float32)
-
-
-@dataclass
-class _Layer:
-    mask: np.ndarray  # (s, s) uint8 coverage
-    skin: np.ndarray  # (s, s, 3) float32
-    x: int  # top-left corner, may be negative or past the border (truncation)
-    y: int
-    cls: Optional[int] = None  # class index for objects, None for distractors / occluders
-
-
-def _make_layer(shape: str, skin: str, side: int, x: int, y: int, rng: np.random.Generator,
-                cls: Optional[int] = None) -> _Layer:
-    side = max(int(side), 4)
-    return _Layer(_shape_mask(shape, side, rng), _skin(skin, side, side, rng), int(x), int(y), cls)
-
-
-def _paste_region(layer: _Layer, h: int, w: int):
-    """Clipped slices (image, layer) where the layer lands on an (h, w) canvas, or None."""
-    s = layer.mask.shape[0]
-    x0, y0 = max(layer.x, 0), max(layer.y, 0)
-    x1, y1 = min(layer.x + s, w), min(layer.y + s, h)
-    if x1 <= x0 or y1 <= y0:
-        return None
-    return (slice(y0, y1), slice(x0, x1)), (slice(y0 - layer.y, y1 - layer.y), slice(x0 - layer.x, x1 - layer.x))
-
-
-def _composite(canvas: np.ndarray, layer: _Layer) -> None:
-    reg = _paste_region(layer, *canvas.shape[:2])
-    if reg is None:
-        return
-    (iy, ix), (ly, lx) = reg
-    a = layer.mask[ly, lx].astype(np.float32)[..., None] / 255.0
-    canvas[iy, ix] = canvas[iy, ix] * (1 - a) + layer.skin[ly, lx] * a
-
-
-def _full_mask(layer: _Layer, h: int, w: int) -> np.ndarray:
-    m = np.zeros((h, w), dtype=bool)
-    reg = _paste_region(layer, h, w)
-    if reg is not None:
-        (iy, ix), (ly, lx) = reg
-        m[iy, ix] = layer.mask[ly, lx] > 127
-    return m
-
-
-def render_sample(cfg: SyntheticConfig, index: int) -> Tuple[Image.Image, List[dict]]:
-    """Draw image ``index`` of ``cfg``: the RGB image and its objects.
-
-    Each object is ``{"name", "bbox": (xmin, ymin, xmax, ymax) 1-based inclusive VOC pixels,
-    "difficult", "truncated", "occluded"}``. Depends only on ``(cfg, index)``.
+    The returned folder is a dataset root in torchvision's sense (it holds ``VOCdevkit/``).
     """
-    variant_code = VARIANTS.index(cfg.variant)
-    rng = np.random.default_rng([int(cfg.seed), variant_code, int(index), GENERATOR_VERSION])
-    lo, hi = cfg.size_range
-    w, h = int(rng.integers(lo, hi + 1)), int(rng.integers(lo, hi + 1))
-    short = min(w, h)
-    classes = synthetic_classes(cfg.variant)
-    shapes, skins = (TARGET_SHAPES, TARGET_SKINS) if cfg.variant == "target" else (SOURCE_SHAPES, SOURCE_SKINS)
-    canvas = _background(h, w, rng)
-
-    def distractor(side: float, x: int, y: int) -> _Layer:
-        pool_shapes, pool_skins = _DISTRACTORS[cfg.variant][int(rng.integers(3))]
-        return _make_layer(pool_shapes[int(rng.integers(len(pool_shapes)))],
-                           pool_skins[int(rng.integers(len(pool_skins)))], side, x, y, rng)
-
-    # 1. distractors underneath the objects
-    below: List[_Layer] = []
-    for _ in range(int(rng.integers(cfg.distractors[0], cfg.distractors[1] + 1))):
-        side = short * rng.uniform(0.12, 0.34)
-        below.append(distractor(side, int(rng.uniform(-side / 3, w - side * 2 / 3)),
-                                int(rng.uniform(-side / 3, h - side * 2 / 3))))
-    # 2. objects, placed with little overlap between them
-    n_obj = int(rng.integers(cfg.objects[0], cfg.objects[1] + 1))
-    objects: List[_Layer] = []
-    boxes: List[Tuple[float, float, float, float]] = []
-    for k in range(n_obj):
-        if k > 0 and rng.random() < 0.25:  # another instance of a class already present
-            cls = objects[int(rng.integers(len(objects)))].cls
-        else:
-            cls = int(rng.integers(len(classes)))
-        tiny = rng.random() < cfg.p_tiny
-        side = short * rng.uniform(*(cfg.tiny_scale if tiny else cfg.object_scale))
-        side = max(side, 6.0)
-        for _attempt in range(20):
-            # allow up to ~30% of the object past the border (VOC's "truncated")
-            x = rng.uniform(-0.3 * side, w - 0.7 * side)
-            y = rng.uniform(-0.3 * side, h - 0.7 * side)
-            b = (x, y, x + side, y + side)
-            if all(_iou(b, o) < 0.05 for o in boxes):
-                break
-        boxes.append(b)
-        shape, skin = shapes[cls // len(skins)], skins[cls % len(skins)]
-        assert classes[cls] == f"{skin}-{shape}"
-        objects.append(_make_layer(shape, skin, side, int(round(x)), int(round(y)), rng, cls=cls))
-    # 3. occluders drawn over some objects
-    above: List[_Layer] = []
-    for obj in objects:
-        if rng.random() < cfg.p_occlude:
-            s = obj.mask.shape[0]
-            side = s * rng.uniform(0.7, 1.1)
-            ang = rng.uniform(0, 2 * math.pi)
-            dist = s * rng.uniform(0.25, 0.6)
-            cx, cy = obj.x + s / 2 + dist * math.cos(ang), obj.y + s / 2 + dist * math.sin(ang)
-            above.append(distractor(side, int(cx - side / 2), int(cy - side / 2)))
-
-    for layer in below + objects + above:
-        _composite(canvas, layer)
-    canvas += rng.normal(0, rng.uniform(3, 9), canvas.shape).astype(np.float32)
-    image = Image.fromarray(np.clip(canvas + 0.5, 0, 255).astype(np.uint8), "RGB")
-
-    # 4. annotations from what is visible
-    stack = objects + above
-    annotations = []
-    for i, obj in enumerate(objects):
-        s = obj.mask.shape[0]
-        area_full = float((obj.mask > 127).sum())
-        vis = _full_mask(obj, h, w)
-        in_frame = float(vis.sum())
-        for later in stack[i + 1:]:
-            vis &= ~_full_mask(later, h, w)
-        area_vis = float(vis.sum())
-        if area_full == 0 or area_vis < 4:
-            continue  # nothing left to annotate (drawn, but invisible)
-        ys, xs = np.nonzero(vis)
-        bbox = (int(xs.min()) + 1, int(ys.min()) + 1, int(xs.max()) + 1, int(ys.max()) + 1)
-        frac_vis = area_vis / area_full
-        truncated = in_frame < 0.97 * area_full
-        occluded = area_vis < 0.9 * in_frame
-        too_small = max(bbox[2] - bbox[0] + 1, bbox[3] - bbox[1] + 1) < 0.14 * short
-        difficult = bool(too_small or frac_vis < 0.5)
-        annotations.append({"name": classes[obj.cls], "bbox": bbox, "difficult": int(difficult),
-                            "truncated": int(truncated), "occluded": int(occluded)})
-    return image, annotations
-
-
-def _iou(a, b) -> float:
-    ix = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
-    iy = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
-    inter = ix * iy
-    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
-    return inter / union if union > 0 else 0.0
+    check_variant(variant)
+    base = Path(data_dir) if data_dir is not None else default_data_dir()
+    return base / "synthetic" / f"{variant}-{synthetic_mode(mode)}"
 
 
 # --------------------------------------------------------------------------------------------
@@ -533,18 +221,6 @@ def _image_labels(objects: Sequence[dict], classes: Sequence[str]) -> List[int]:
     return labels
 
 
-def synthetic_root(variant: str = "target", preset: str = "cpu", data_dir: Union[str, Path, None] = None) -> Path:
-    """Where a preset's devkit lives by default: ``<data_dir>/synthetic/<variant>-<preset>``.
-
-    The returned folder is a dataset root in torchvision's sense (it holds ``VOCdevkit/``).
-    """
-    from .voc import default_data_dir
-
-    _check_variant(variant)
-    base = Path(data_dir) if data_dir is not None else default_data_dir()
-    return base / "synthetic" / f"{variant}-{preset}"
-
-
 def _marker_dict(cfg: SyntheticConfig, counts: dict) -> dict:
     return {
         "generator": "sca_lib.data.synthetic",
@@ -565,86 +241,144 @@ def read_marker(root: Union[str, Path], name: str = "VOC2012") -> Optional[dict]
         return None
 
 
+def _lock_path(root: Path, cfg: SyntheticConfig) -> Path:
+    """The lock file that processes generating ``root/VOCdevkit/<cfg.name>`` take turns on."""
+    return root / f".{cfg.name}.lock"
+
+
+def is_intact(root: Union[str, Path], cfg: SyntheticConfig) -> bool:
+    """True when ``root`` holds an intact devkit of exactly ``cfg``: its ``synthetic.json`` records
+    ``cfg`` and this generator version, and every split list, class file, image and annotation is
+    there."""
+    root = Path(root)
+    marker = read_marker(root, cfg.name)
+    if marker is None or marker.get("config") != cfg.to_dict() \
+            or marker.get("generator_version") != GENERATOR_VERSION:
+        return False
+    devkit = root / "VOCdevkit" / cfg.name
+    main = devkit / "ImageSets" / "Main"
+    try:
+        jpgs = set(os.listdir(devkit / "JPEGImages"))
+        xmls = set(os.listdir(devkit / "Annotations"))
+        lists = set(os.listdir(main))
+    except OSError:
+        return False
+    names = [f"syn_{i:06d}" for i in range(cfg.n_train + cfg.n_val)]
+    classes = synthetic_classes(cfg.variant)
+    wanted = {f"{s}.txt" for s in SPLITS} | {f"{c}_{s}.txt" for c in classes for s in SPLITS}
+    return wanted <= lists and all(f"{n}.jpg" in jpgs and f"{n}.xml" in xmls for n in names)
+
+
+def _write_tree(tmp: Path, cfg: SyntheticConfig) -> Dict[str, int]:
+    """Render and write every file of the devkit into ``tmp``, ``synthetic.json`` last; the counts."""
+    classes = synthetic_classes(cfg.variant)
+    (tmp / "JPEGImages").mkdir()
+    (tmp / "Annotations").mkdir()
+    (tmp / "ImageSets" / "Main").mkdir(parents=True)
+    names: Dict[str, List[str]] = {"train": [], "val": []}
+    labels: Dict[str, List[List[int]]] = {"train": [], "val": []}
+    n_obj = n_difficult = 0
+    for i in range(cfg.n_train + cfg.n_val):
+        split = "train" if i < cfg.n_train else "val"
+        name = f"syn_{i:06d}"
+        image, objects = render_sample(cfg, i)
+        buf = io.BytesIO()
+        image.save(buf, "JPEG", quality=cfg.jpeg_quality, subsampling=0 if cfg.jpeg_quality >= 95 else 2)
+        (tmp / "JPEGImages" / f"{name}.jpg").write_bytes(buf.getvalue())
+        (tmp / "Annotations" / f"{name}.xml").write_bytes(
+            _annotation_xml(name, cfg.name, image.width, image.height, objects))
+        names[split].append(name)
+        labels[split].append(_image_labels(objects, classes))
+        n_obj += len(objects)
+        n_difficult += sum(o["difficult"] for o in objects)
+    names["trainval"] = names["train"] + names["val"]
+    labels["trainval"] = labels["train"] + labels["val"]
+    main = tmp / "ImageSets" / "Main"
+    for split in SPLITS:
+        (main / f"{split}.txt").write_text("".join(f"{n}\n" for n in names[split]), encoding="utf-8")
+        for c, cls in enumerate(classes):
+            lines = "".join(f"{n} {lab[c]:2d}\n" for n, lab in zip(names[split], labels[split]))
+            (main / f"{cls}_{split}.txt").write_text(lines, encoding="utf-8")
+    counts = {"train": cfg.n_train, "val": cfg.n_val, "objects": n_obj, "difficult": n_difficult}
+    (tmp / MARKER).write_text(json.dumps(_marker_dict(cfg, counts), indent=1) + "\n", encoding="utf-8")
+    return counts
+
+
 def generate_synthetic_voc(root: Union[str, Path], config: Optional[SyntheticConfig] = None, *,
                            overwrite: bool = False, verbose: bool = False) -> Path:
     """Write a synthetic devkit under ``root/VOCdevkit/<config.name>`` and return ``root``.
 
-    The tree is built in a temporary folder next to it and moved into place at the end, with
-    ``synthetic.json`` written last, so an interrupted run never leaves a tree that looks complete.
-    An existing tree is replaced only when ``overwrite`` is true (and only if it is a synthetic one).
+    The tree is built in ``VOCdevkit/.<name>.tmp<PID>`` and renamed into place at the end, with
+    ``synthetic.json`` written last, so an interrupted run never leaves a tree that looks complete
+    (the next run removes the temporary folder of a process that has ended). Processes generating
+    into the same ``root`` take turns on the lock file ``root/.<name>.lock``; one that then finds an
+    intact tree of this configuration keeps it (it would write the same bytes, and others may be
+    reading it). Another tree is replaced only when ``overwrite`` is true, and only a synthetic one.
+    Folders are created with the usual permissions (``0o777`` less the umask).
     """
     cfg = config or SyntheticConfig()
     root = Path(root)
-    final = root / "VOCdevkit" / cfg.name
-    if final.exists():
-        if not overwrite:
-            raise FileExistsError(f"{final} already exists; pass overwrite=True (CLI: --force) to replace it")
-        if not (final / MARKER).exists() and any(final.iterdir()):
-            raise FileExistsError(f"{final} exists and is not a synthetic devkit (no {MARKER}); refusing to replace it")
-    (root / "VOCdevkit").mkdir(parents=True, exist_ok=True)
-    classes = synthetic_classes(cfg.variant)
-    t0 = time.perf_counter()
-    tmp = Path(tempfile.mkdtemp(prefix=f".{cfg.name}.tmp-", dir=root / "VOCdevkit"))
-    try:
-        (tmp / "JPEGImages").mkdir()
-        (tmp / "Annotations").mkdir()
-        (tmp / "ImageSets" / "Main").mkdir(parents=True)
-        names = {"train": [], "val": []}
-        labels: Dict[str, List[List[int]]] = {"train": [], "val": []}
-        n_obj = n_difficult = 0
-        for i in range(cfg.n_train + cfg.n_val):
-            split = "train" if i < cfg.n_train else "val"
-            name = f"syn_{i:06d}"
-            image, objects = render_sample(cfg, i)
-            buf = io.BytesIO()
-            image.save(buf, "JPEG", quality=cfg.jpeg_quality, subsampling=0 if cfg.jpeg_quality >= 95 else 2)
-            (tmp / "JPEGImages" / f"{name}.jpg").write_bytes(buf.getvalue())
-            (tmp / "Annotations" / f"{name}.xml").write_bytes(
-                _annotation_xml(name, cfg.name, image.width, image.height, objects))
-            names[split].append(name)
-            labels[split].append(_image_labels(objects, classes))
-            n_obj += len(objects)
-            n_difficult += sum(o["difficult"] for o in objects)
-        names["trainval"] = names["train"] + names["val"]
-        labels["trainval"] = labels["train"] + labels["val"]
-        main = tmp / "ImageSets" / "Main"
-        for split in ("train", "val", "trainval"):
-            (main / f"{split}.txt").write_text("".join(f"{n}\n" for n in names[split]), encoding="utf-8")
-            for c, cls in enumerate(classes):
-                lines = "".join(f"{n} {lab[c]:2d}\n" for n, lab in zip(names[split], labels[split]))
-                (main / f"{cls}_{split}.txt").write_text(lines, encoding="utf-8")
-        counts = {"train": cfg.n_train, "val": cfg.n_val, "objects": n_obj, "difficult": n_difficult}
-        (tmp / MARKER).write_text(json.dumps(_marker_dict(cfg, counts), indent=1) + "\n", encoding="utf-8")
+    devkits = root / "VOCdevkit"
+    final = devkits / cfg.name
+    devkits.mkdir(parents=True, exist_ok=True)
+    with file_lock(_lock_path(root, cfg), what=f"generating the synthetic devkit {final}"):
+        clean_stale_temp(devkits)
+        if is_intact(root, cfg):
+            if verbose:
+                print(f"{final} already holds this synthetic devkit (made by another process meanwhile?)")
+            return root
         if final.exists():
-            trash = Path(tempfile.mkdtemp(prefix=f".{cfg.name}.old-", dir=root / "VOCdevkit"))
-            os.replace(final, trash / cfg.name)
-            shutil.rmtree(trash, ignore_errors=True)
-        os.replace(tmp, final)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+            if not (final / MARKER).exists() and any(final.iterdir()):
+                raise FileExistsError(f"{final} exists and is not a synthetic devkit (no {MARKER}); "
+                                      "refusing to replace it")
+            if not overwrite:
+                raise FileExistsError(f"{final} already exists (another configuration, or incomplete); pass "
+                                      f"overwrite=True (command line: --force) to replace it")
+        t0 = time.perf_counter()
+        tmp = temp_name(final)
+        shutil.rmtree(tmp, ignore_errors=True)  # left by an earlier failure of this very process
+        tmp.mkdir()
+        try:
+            counts = _write_tree(tmp, cfg)
+            if final.exists():
+                aside = temp_name(final.with_name(f"{cfg.name}.old"))
+                os.replace(final, aside)
+                os.replace(tmp, final)
+                shutil.rmtree(aside, ignore_errors=True)
+            else:
+                os.replace(tmp, final)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
     dt = time.perf_counter() - t0
     if verbose:
         n = cfg.n_train + cfg.n_val
-        print(f"wrote {n} images ({n_obj} objects, {n_difficult} difficult) to {final} "
+        print(f"wrote {n} images ({counts['objects']} objects, {counts['difficult']} difficult) to {final} "
               f"in {dt:.1f} s ({n / max(dt, 1e-9):.0f} images/s)")
     return root
 
 
-def ensure_synthetic(variant: str = "target", preset: str = "cpu", root: Union[str, Path, None] = None,
+def ensure_synthetic(variant: str = "target", mode: str = "cpu", root: Union[str, Path, None] = None,
                      verbose: bool = True, **overrides) -> Path:
-    """Return the root of a synthetic devkit, generating it first when missing or out of date.
+    """Return the root of a synthetic devkit, generating it first when missing, damaged or out of date.
 
-    ``root`` defaults to :func:`synthetic_root` (``data/synthetic/<variant>-<preset>``). A tree
-    whose ``synthetic.json`` records another configuration is regenerated.
+    ``mode`` (``"fast"`` or ``"cpu"``) sizes it (:data:`SIZES`); ``root`` defaults to
+    :func:`synthetic_root` (``<data dir>/synthetic/<variant>-<mode>``). A tree whose
+    ``synthetic.json`` records another configuration is regenerated. Safe to call from several
+    processes at once (see :func:`generate_synthetic_voc`).
     """
-    cfg = make_config(variant, preset, **overrides)
-    root = Path(root) if root is not None else synthetic_root(variant, preset)
-    marker = read_marker(root, cfg.name)
-    if marker is not None and marker.get("config") == cfg.to_dict() \
-            and marker.get("generator_version") == GENERATOR_VERSION:
+    mode = synthetic_mode(mode)
+    cfg = make_config(variant, mode, **overrides)
+    root = Path(root) if root is not None else synthetic_root(variant, mode)
+    devkits = root / "VOCdevkit"
+    if devkits.is_dir() and any(p.name.startswith(f".{cfg.name}.") for p in devkits.iterdir()):
+        with file_lock(_lock_path(root, cfg), what=f"generating the synthetic devkit {devkits / cfg.name}"):
+            clean_stale_temp(devkits)  # under the lock: no generator of this tree is running
+    if is_intact(root, cfg):
         return root
     if verbose:
-        why = "missing" if marker is None else "made with another configuration"
-        print(f"synthetic devkit at {root} is {why}: generating ({variant}, preset {preset}) ...", flush=True)
+        marker = read_marker(root, cfg.name)
+        why = "missing" if marker is None else "made with another configuration" \
+            if marker.get("config") != cfg.to_dict() else "incomplete"
+        print(f"synthetic devkit at {root} is {why}: generating ({variant}, mode {mode}) ...", flush=True)
     return generate_synthetic_voc(root, cfg, overwrite=True, verbose=verbose)
