@@ -16,7 +16,7 @@ import argparse
 import dataclasses
 import numbers
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Mapping, Optional, Tuple, Union
+from typing import Any, Dict, Mapping, Optional, Tuple, Union
 
 __all__ = ["AttentionSpec", "SPEC_KEYS"]
 

@@ -22,7 +22,7 @@ from .backbones import build_classifier, parameter_groups, set_trainable
 from .batchnorm import recalibrate_batchnorm
 from .config import data_dir
 from .data import VOCClassification, classification_transforms, ensure_synthetic, make_config, synthetic_root
-from .data.cached import CachedImages
+from .data import CachedImages
 from .distributed import DistInfo, init_distributed
 from .engine import Trainer
 from .losses import single_label_cross_entropy

@@ -38,7 +38,7 @@ from .attention import init_attention_
 from .backbones import attention_modules, build_classifier, parameter_groups, set_trainable
 from .config import MODES, check_mode, data_dir, repo_root, runs_dir
 from .data import VOCClassification, classification_transforms
-from .data.cached import CachedImages
+from .data import CachedImages
 from .distributed import init_distributed
 from .engine import DivergenceError, Trainer
 from .profile import count_flops, count_parameters

@@ -37,7 +37,7 @@ import numpy as np
 
 from .._io import clean_stale_temp, file_lock, temp_name
 from ..config import MODES, check_mode
-from ..config import data_dir as default_data_dir
+from .. import config
 from .devkit import SPLITS
 from .render import (
     GENERATOR_VERSION,
@@ -177,7 +177,7 @@ def synthetic_root(variant: str = "target", mode: str = "cpu", data_dir: Union[s
     The returned folder is a dataset root in torchvision's sense (it holds ``VOCdevkit/``).
     """
     check_variant(variant)
-    base = Path(data_dir) if data_dir is not None else default_data_dir()
+    base = Path(data_dir) if data_dir is not None else config.data_dir()
     return base / "synthetic" / f"{variant}-{synthetic_mode(mode)}"
 
 

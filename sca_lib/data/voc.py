@@ -25,7 +25,6 @@ import torch
 from torch.utils.data import Dataset
 from torchvision import tv_tensors
 
-from ..config import data_dir
 from .devkit import (
     BadSampleError,
     annotation_objects,
@@ -44,9 +43,6 @@ from .transforms import classification_transforms, detection_transforms
 __all__ = ["VOCClassification", "VOCDetection"]
 
 PathLike = Union[str, Path]
-
-#: Old name of :func:`sca_lib.config.data_dir`, kept for callers that still import it from here.
-default_data_dir = data_dir
 
 
 class _VOCBase(Dataset):
