@@ -401,7 +401,7 @@ def init_attention_(module: nn.Module) -> nn.Module:
         raise ValueError(f"init_attention_ expects an nn.Module, got {type(module).__name__}")
     handled = set()
     for m in module.modules():
-        if isinstance(m, (DualAttention, AttnResBlock)) and id(m) not in handled:
+        if is_attention(m) and hasattr(m, "reset_parameters") and id(m) not in handled:
             m.reset_parameters()
             handled.update(id(sub) for sub in m.modules())
     for m in module.modules():
