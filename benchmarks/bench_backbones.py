@@ -26,7 +26,7 @@ import pandas as pd
 import torch
 
 from sca_lib.backbones import build_classifier, list_backbones
-from sca_lib.profile import profile
+from sca_lib.profile import add_ratios, cost_table
 
 #: The article's C11 table (Pascal VOC2012 classification; its parameter counts are not 20-class).
 ARTICLE_C11 = {
@@ -78,17 +78,12 @@ def main(argv=None) -> int:
         models = {"plain": build_classifier(backbone, num_classes=args.num_classes)}
         for attention, placement, label in variants:
             models[label] = build_classifier(backbone, attention, placement=placement, num_classes=args.num_classes)
-        t = profile(models, size, batch_sizes=args.batch_sizes, device=device, warmup=args.warmup,
-                    runs=args.runs, latency=not args.no_latency)
+        t = cost_table(models, size, batch_sizes=args.batch_sizes, device=device, warmup=args.warmup,
+                       runs=args.runs, latency=not args.no_latency)
         t.insert(0, "backbone", backbone)
         t.insert(2, "attention", [None] + [v[0] for v in variants])
         t.insert(3, "placement", [None] + [str(list(m.sca_config["placement"])) for m in list(models.values())[1:]])
-        base = t.iloc[0]
-        t["params_ratio"] = t["params_M"] / base["params_M"]
-        t["flops_ratio"] = t["gflops"] / base["gflops"]
-        t["flops_fvcore_ratio"] = t["gflops_fvcore"] / base["gflops_fvcore"]
-        for b in ([] if args.no_latency else args.batch_sizes):
-            t[f"latency_ratio_b{b}"] = t[f"latency_ms_b{b}"] / base[f"latency_ms_b{b}"]
+        add_ratios(t)  # to the plain model
         keys = [(backbone, None)] + [(backbone, v[0]) if v[1] is None else (None, None) for v in variants]
         t["article_params_M"] = [ARTICLE_C11.get(k, (None, None))[0] for k in keys]
         t["article_gflops"] = [ARTICLE_C11.get(k, (None, None))[1] for k in keys]

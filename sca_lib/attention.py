@@ -1,4 +1,4 @@
-"""Spatial + channel attention modules ("SCA-CNN"-style dual attention).
+"""Spatial + channel attention modules ("SCA-CNN"-style dual attention), and what counts as attention.
 
 The modules follow the source article (see ``../shared/seed/README.md``, claims C1, C4, C5, C8,
 C9, C10, C15). A note on the name: the article calls its module "SCA-CNN", but the SCA-CNN paper
@@ -9,18 +9,24 @@ their gates are multiplied. That is closer to scSE (Roy et al., MICCAI 2018, "Co
 Channel Squeeze & Excitation"), with multiplicative instead of additive/max fusion. The
 channel-only variant is a Squeeze-and-Excitation block (Hu et al., CVPR 2018) with reduction 8.
 
-Public names: :class:`ChannelAttention`, :class:`SpatialAttention`, :class:`DualAttention`,
-:class:`LiteDualAttention`, :class:`AttnResBlock`, :func:`create_attention`,
-:func:`list_attentions`, :func:`init_attention_`, :func:`record_attention`, ``STRENGTH_PRESETS``.
+Modules: :class:`ChannelAttention`, :class:`SpatialAttention`, :class:`DualAttention`,
+:class:`LiteDualAttention`, :class:`AttnResBlock`. By name: :func:`create_attention`,
+:func:`list_attentions`, :func:`default_reduction`. Which modules are attention (for the profiler
+and the freeze groups): ``ATTENTION_TYPES``, :func:`is_attention`, :func:`attention_modules`.
+Settings: ``STRENGTHS`` (C10), ``PATHS``. Initialisation: :func:`init_attention_` (C8). Reading the
+maps a model's attention computed: :func:`sca_lib.maps.record_attention`.
 """
 
 from __future__ import annotations
 
-import contextlib
-from typing import Callable, Dict, Iterator, Optional, Type, Union
+import inspect
+from functools import partial
+from typing import Callable, Dict, Optional, Type, Union
 
 import torch
 from torch import nn
+
+from ._checks import feature_map, positive_int, real_in
 
 __all__ = [
     "ChannelAttention",
@@ -31,55 +37,36 @@ __all__ = [
     "create_attention",
     "list_attentions",
     "default_reduction",
+    "ATTENTION_TYPES",
+    "is_attention",
+    "attention_modules",
     "init_attention_",
-    "record_attention",
-    "STRENGTH_PRESETS",
-    "MODES",
+    "STRENGTHS",
+    "PATHS",
 ]
 
 LayerType = Union[Type[nn.Module], Callable[[], nn.Module]]
 
 #: The article's per-task strengths (claim C10): ``beta`` scales the channel path, ``alpha`` the
 #: spatial path. How they enter the formula is our definition, see :class:`DualAttention`.
-STRENGTH_PRESETS: Dict[str, Dict[str, float]] = {
+STRENGTHS: Dict[str, Dict[str, float]] = {
     "classification": {"beta": 0.7, "alpha": 0.3},
     "detection": {"beta": 0.5, "alpha": 0.7},
     "segmentation": {"beta": 0.3, "alpha": 0.8},
 }
 
-#: Which paths a :class:`DualAttention` has.
-MODES = ("dual", "channel", "spatial")
+#: Which paths a :class:`DualAttention` has (its ``paths=`` argument).
+PATHS = ("dual", "channel", "spatial")
 
 
 def _check_channels(name: str, channels: object) -> int:
-    if isinstance(channels, bool) or not isinstance(channels, int) or channels < 1:
-        raise ValueError(
-            f"{name} expects `channels` to be a positive int (the C of an (N, C, H, W) input), "
-            f"got {channels!r}"
-        )
-    return channels
-
-
-def _check_input(name: str, x: torch.Tensor, channels: int) -> None:
-    if x.dim() != 4:
-        raise ValueError(
-            f"{name} expects a 4-D input (N, C, H, W), got a {x.dim()}-D tensor of shape "
-            f"{tuple(x.shape)}; add a batch dimension with x.unsqueeze(0) for a single image"
-        )
-    if x.shape[1] != channels:
-        raise ValueError(
-            f"{name} expects {channels} channels, got {x.shape[1]} (input shape {tuple(x.shape)}); "
-            f"build it with {name}({x.shape[1]}) for this feature map"
-        )
+    return positive_int(name, "channels", channels, " (the C of an (N, C, H, W) input)")
 
 
 def _reduced_channels(name: str, channels: int, reduction: int, rd_channels: Optional[int]) -> int:
     if rd_channels is not None:
-        if isinstance(rd_channels, bool) or not isinstance(rd_channels, int) or rd_channels < 1:
-            raise ValueError(f"{name} expects `rd_channels` to be a positive int, got {rd_channels!r}")
-        return rd_channels
-    if isinstance(reduction, bool) or not isinstance(reduction, int) or reduction < 1:
-        raise ValueError(f"{name} expects `reduction` to be a positive int, got {reduction!r}")
+        return positive_int(name, "rd_channels", rd_channels)
+    reduction = positive_int(name, "reduction", reduction)
     if reduction > channels:
         raise ValueError(
             f"{name}: reduction {reduction} is larger than channels {channels}, so the hidden "
@@ -106,21 +93,15 @@ class ChannelAttention(nn.Module):
         ``forward(x)``: (N, C, H, W) -> (N, C, H, W), ``x * weights(x)``.
     """
 
-    def __init__(
-        self,
-        channels: int,
-        reduction: int = 8,
-        rd_channels: Optional[int] = None,
-        act_layer: LayerType = nn.ReLU,
-        gate_layer: LayerType = nn.Sigmoid,
-    ) -> None:
+    def __init__(self, channels: int, reduction: int = 8, rd_channels: Optional[int] = None,
+                 act_layer: LayerType = nn.ReLU, gate_layer: LayerType = nn.Sigmoid) -> None:
         super().__init__()
         self.channels = _check_channels(type(self).__name__, channels)
-        hidden = _reduced_channels(type(self).__name__, channels, reduction, rd_channels)
+        hidden = _reduced_channels(type(self).__name__, self.channels, reduction, rd_channels)
         self.pool = nn.AdaptiveAvgPool2d(1)
-        self.fc1 = nn.Conv2d(channels, hidden, kernel_size=1)
+        self.fc1 = nn.Conv2d(self.channels, hidden, kernel_size=1)
         self.act = act_layer()
-        self.fc2 = nn.Conv2d(hidden, channels, kernel_size=1)
+        self.fc2 = nn.Conv2d(hidden, self.channels, kernel_size=1)
         self.gate = gate_layer()
 
     def weights(self, x: torch.Tensor) -> torch.Tensor:
@@ -128,7 +109,7 @@ class ChannelAttention(nn.Module):
         return self.gate(self.fc2(self.act(self.fc1(self.pool(x)))))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        _check_input(type(self).__name__, x, self.channels)
+        feature_map(type(self).__name__, x, self.channels)
         return x * self.weights(x)
 
 
@@ -143,7 +124,7 @@ class SpatialAttention(nn.Module):
     def __init__(self, channels: int, gate_layer: LayerType = nn.Sigmoid) -> None:
         super().__init__()
         self.channels = _check_channels(type(self).__name__, channels)
-        self.conv = nn.Conv2d(channels, 1, kernel_size=1)
+        self.conv = nn.Conv2d(self.channels, 1, kernel_size=1)
         self.gate = gate_layer()
 
     def weights(self, x: torch.Tensor) -> torch.Tensor:
@@ -151,14 +132,8 @@ class SpatialAttention(nn.Module):
         return self.gate(self.conv(x))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        _check_input(type(self).__name__, x, self.channels)
+        feature_map(type(self).__name__, x, self.channels)
         return x * self.weights(x)
-
-
-def _check_strength(name: str, value: float) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= float(value) <= 1.0:
-        raise ValueError(f"DualAttention (and LiteDualAttention) expects `{name}` in [0, 1], got {value!r}")
-    return float(value)
 
 
 class DualAttention(nn.Module):
@@ -174,17 +149,18 @@ class DualAttention(nn.Module):
 
     so ``alpha = beta = 1`` is C1 and ``alpha = beta = 0`` is the identity; a strength interpolates
     between "no gating" and the full gate. ``strength="classification"`` etc. picks the article's
-    presets (:data:`STRENGTH_PRESETS`).
+    values (:data:`STRENGTHS`).
 
     Args:
         channels: C, the number of input channels (first positional argument, as in timm).
         reduction: channel-path reduction ratio r (hidden width ``C // r``); 8 in C1.
         rd_channels: explicit hidden width, overrides ``reduction``.
-        mode: ``"dual"`` (C1), ``"channel"`` (C15's channel-only variant, an SE block) or
-            ``"spatial"`` (spatial-only, for ablations). The unused path has no parameters.
-        alpha: spatial strength in [0, 1] (default 1).
+        paths: ``"dual"`` (C1), ``"channel"`` (C15's channel-only variant, an SE block) or
+            ``"spatial"`` (spatial-only, for ablations); see :data:`PATHS`. The unused path has no
+            parameters.
+        alpha: spatial strength in [0, 1] (default 1); any real number (Python or NumPy).
         beta: channel strength in [0, 1] (default 1).
-        strength: a preset name from :data:`STRENGTH_PRESETS`; cannot be combined with alpha/beta.
+        strength: a name from :data:`STRENGTHS`; cannot be combined with alpha/beta.
         act_layer: channel-path activation (``nn.ReLU``; ``nn.Hardswish`` in the lite module).
         gate_layer: gate of both paths (``nn.Sigmoid``; ``nn.Hardsigmoid`` in the lite module).
         drop_rate: ``nn.Dropout2d`` probability on the attended output (claim C9); active in
@@ -196,14 +172,14 @@ class DualAttention(nn.Module):
             ``out == x`` at initialisation and the module learns a deviation from identity.
 
     Shapes:
-        x: (N, C, H, W) -> (N, C, H, W).
+        x: (N, C, H, W) floating point -> (N, C, H, W).
 
     Initialisation: the constructor keeps PyTorch's default initialisation of the convolutions
     (unless ``identity_init``); :meth:`reset_parameters` and :func:`init_attention_` apply the
     article's C8 initialisation instead (Kaiming normal, fan_out), which saturates the spatial gate
     on large features (notebook 01).
 
-    Attention maps: set ``record_maps = True`` (or use :func:`record_attention`) and the last
+    Attention maps: set ``record_maps = True`` (or use :func:`sca_lib.maps.record_attention`) and the last
     forward leaves ``last_maps = {"channel": (N, C) or None, "spatial": (N, 1, H, W) or None}``
     (detached; with ``identity_init`` the gates range over (0, 2)). When it is off nothing is stored.
     """
@@ -214,7 +190,7 @@ class DualAttention(nn.Module):
         reduction: int = 8,
         *,
         rd_channels: Optional[int] = None,
-        mode: str = "dual",
+        paths: str = "dual",
         alpha: Optional[float] = None,
         beta: Optional[float] = None,
         strength: Optional[str] = None,
@@ -226,35 +202,30 @@ class DualAttention(nn.Module):
         super().__init__()
         name = type(self).__name__
         self.channels = _check_channels(name, channels)
-        if mode not in MODES:
-            raise ValueError(f"{name}: unknown mode {mode!r}; expected one of {', '.join(MODES)}")
+        if paths not in PATHS:
+            raise ValueError(f"{name}: unknown paths {paths!r}; expected one of {', '.join(PATHS)}")
         if strength is not None:
             if alpha is not None or beta is not None:
                 raise ValueError(f"{name}: pass either strength={strength!r} or alpha/beta, not both")
-            if strength not in STRENGTH_PRESETS:
-                raise ValueError(
-                    f"{name}: unknown strength preset {strength!r}; expected one of "
-                    f"{', '.join(STRENGTH_PRESETS)}"
-                )
-            alpha, beta = STRENGTH_PRESETS[strength]["alpha"], STRENGTH_PRESETS[strength]["beta"]
-        if mode == "channel" and alpha is not None and strength is None:
-            raise ValueError(f"{name}: alpha scales the spatial path, which mode='channel' does not have")
-        if mode == "spatial" and beta is not None and strength is None:
-            raise ValueError(f"{name}: beta scales the channel path, which mode='spatial' does not have")
-        self.alpha = _check_strength("alpha", 1.0 if alpha is None else alpha)
-        self.beta = _check_strength("beta", 1.0 if beta is None else beta)
-        if isinstance(drop_rate, bool) or not isinstance(drop_rate, (int, float)) or not 0.0 <= drop_rate < 1.0:
-            raise ValueError(f"{name} expects `drop_rate` in [0, 1), got {drop_rate!r}")
-        self.mode = mode
+            if strength not in STRENGTHS:
+                raise ValueError(f"{name}: unknown strength {strength!r}; expected one of {', '.join(STRENGTHS)}")
+            alpha, beta = STRENGTHS[strength]["alpha"], STRENGTHS[strength]["beta"]
+        if paths == "channel" and alpha is not None and strength is None:
+            raise ValueError(f"{name}: alpha scales the spatial path, which paths='channel' does not have")
+        if paths == "spatial" and beta is not None and strength is None:
+            raise ValueError(f"{name}: beta scales the channel path, which paths='spatial' does not have")
+        self.alpha = real_in(name, "alpha", 1.0 if alpha is None else alpha, 0.0, 1.0)
+        self.beta = real_in(name, "beta", 1.0 if beta is None else beta, 0.0, 1.0)
+        drop_rate = real_in(name, "drop_rate", drop_rate, 0.0, 1.0, high_open=True)
+        self.paths = paths
         self.identity_init = bool(identity_init)
         self.gate_scale = 2.0 if self.identity_init else 1.0
         self.channel: Optional[ChannelAttention] = None
         self.spatial: Optional[SpatialAttention] = None
-        if mode in ("dual", "channel"):
-            self.channel = ChannelAttention(
-                channels, reduction, rd_channels=rd_channels, act_layer=act_layer, gate_layer=gate_layer
-            )
-        if mode in ("dual", "spatial"):
+        if paths in ("dual", "channel"):
+            self.channel = ChannelAttention(channels, reduction, rd_channels=rd_channels, act_layer=act_layer,
+                                            gate_layer=gate_layer)
+        if paths in ("dual", "spatial"):
             self.spatial = SpatialAttention(channels, gate_layer=gate_layer)
         self.dropout = nn.Dropout2d(drop_rate) if drop_rate > 0 else nn.Identity()
         self.record_maps = False
@@ -274,15 +245,13 @@ class DualAttention(nn.Module):
                 if m.bias is not None:
                     nn.init.zeros_(m.bias)
         if self.identity_init:
-            last = [self.channel.fc2 if self.channel is not None else None,
-                    self.spatial.conv if self.spatial is not None else None]
-            for conv in last:
-                if conv is not None:
-                    nn.init.zeros_(conv.weight)
-                    nn.init.zeros_(conv.bias)
+            for path, last in ((self.channel, "fc2"), (self.spatial, "conv")):
+                if path is not None:
+                    nn.init.zeros_(getattr(path, last).weight)
+                    nn.init.zeros_(getattr(path, last).bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        _check_input(type(self).__name__, x, self.channels)
+        feature_map(type(self).__name__, x, self.channels)
         out = x
         c = s = None
         if self.channel is not None:
@@ -299,7 +268,7 @@ class DualAttention(nn.Module):
         return self.dropout(out)
 
     def extra_repr(self) -> str:
-        parts = [f"mode={self.mode!r}"]
+        parts = [f"paths={self.paths!r}"]
         if self.alpha != 1.0 or self.beta != 1.0:
             parts.append(f"alpha={self.alpha}, beta={self.beta}")
         if self.identity_init:
@@ -314,39 +283,18 @@ class LiteDualAttention(DualAttention):
     Every other argument is :class:`DualAttention`'s. Shapes: (N, C, H, W) -> (N, C, H, W).
     """
 
-    def __init__(
-        self,
-        channels: int,
-        reduction: int = 16,
-        *,
-        act_layer: LayerType = nn.Hardswish,
-        gate_layer: LayerType = nn.Hardsigmoid,
-        **kwargs,
-    ) -> None:
+    def __init__(self, channels: int, reduction: int = 16, *, act_layer: LayerType = nn.Hardswish,
+                 gate_layer: LayerType = nn.Hardsigmoid, **kwargs) -> None:
         super().__init__(channels, reduction, act_layer=act_layer, gate_layer=gate_layer, **kwargs)
 
 
-def _lite(mode: str) -> Callable[..., DualAttention]:
-    def build(channels: int, **kw) -> DualAttention:
-        return LiteDualAttention(channels, mode=mode, **kw)
-
-    return build
-
-
-def _dual(mode: str) -> Callable[..., DualAttention]:
-    def build(channels: int, **kw) -> DualAttention:
-        return DualAttention(channels, mode=mode, **kw)
-
-    return build
-
-
-_REGISTRY: Dict[str, Callable[..., nn.Module]] = {
-    "dual": _dual("dual"),
-    "channel": _dual("channel"),
-    "spatial": _dual("spatial"),
-    "lite": _lite("dual"),
-    "lite_channel": _lite("channel"),
-    "lite_spatial": _lite("spatial"),
+_REGISTRY: Dict[str, Callable[..., DualAttention]] = {
+    "dual": partial(DualAttention, paths="dual"),
+    "channel": partial(DualAttention, paths="channel"),
+    "spatial": partial(DualAttention, paths="spatial"),
+    "lite": partial(LiteDualAttention, paths="dual"),
+    "lite_channel": partial(LiteDualAttention, paths="channel"),
+    "lite_spatial": partial(LiteDualAttention, paths="spatial"),
 }
 
 
@@ -355,23 +303,25 @@ def list_attentions() -> list:
     return sorted(_REGISTRY)
 
 
-def default_reduction(name: str) -> int:
-    """The reduction ratio a module built by ``create_attention(name, C)`` uses when none is given."""
+def _builder(name: object) -> Callable[..., DualAttention]:
     if not isinstance(name, str) or name.lower() not in _REGISTRY:
         raise ValueError(f"unknown attention {name!r}; expected one of {', '.join(list_attentions())}")
-    return 16 if name.lower().startswith("lite") else 8
+    return _REGISTRY[name.lower()]
+
+
+def default_reduction(name: str) -> int:
+    """The reduction ratio a module built by ``create_attention(name, C)`` uses when none is given."""
+    return inspect.signature(_builder(name)).parameters["reduction"].default
 
 
 def create_attention(name: str, channels: int, **kwargs) -> nn.Module:
     """Build an attention module by name, timm-style: ``create_attention("dual", 512, reduction=8)``.
 
     ``name`` is one of :func:`list_attentions`: ``"dual"``, ``"channel"``, ``"spatial"`` (the
-    :class:`DualAttention` modes), ``"lite"``, ``"lite_channel"``, ``"lite_spatial"`` (the
-    :class:`LiteDualAttention` modes). ``kwargs`` go to the module.
+    :class:`DualAttention` paths), ``"lite"``, ``"lite_channel"``, ``"lite_spatial"`` (the same for
+    :class:`LiteDualAttention`). ``kwargs`` go to the module.
     """
-    if not isinstance(name, str) or name.lower() not in _REGISTRY:
-        raise ValueError(f"unknown attention {name!r}; expected one of {', '.join(list_attentions())}")
-    return _REGISTRY[name.lower()](channels, **kwargs)
+    return _builder(name)(channels, **kwargs)
 
 
 class AttnResBlock(nn.Module):
@@ -396,7 +346,7 @@ class AttnResBlock(nn.Module):
         super().__init__()
         self.channels = _check_channels(type(self).__name__, channels)
         self.attn = create_attention(attention, channels, identity_init=identity_init, **attn_kwargs)
-        self.conv = nn.Conv2d(channels, channels, kernel_size=3, padding=1)
+        self.conv = nn.Conv2d(self.channels, self.channels, kernel_size=3, padding=1)
         self.identity_init = bool(identity_init)
         if self.identity_init:
             nn.init.zeros_(self.conv.weight)
@@ -412,8 +362,31 @@ class AttnResBlock(nn.Module):
         nn.init.zeros_(self.conv.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        _check_input(type(self).__name__, x, self.channels)
+        feature_map(type(self).__name__, x, self.channels)
         return x + self.conv(self.attn(x))
+
+
+#: The module types that count as attention: the profiler's attention columns and the
+#: ``"attention"`` parameter group hold these (an :class:`AttnResBlock` with its 3x3 conv).
+ATTENTION_TYPES = (ChannelAttention, SpatialAttention, DualAttention, AttnResBlock)
+
+
+def is_attention(module: object) -> bool:
+    """Whether ``module`` is an attention module (an instance of one of :data:`ATTENTION_TYPES`)."""
+    return isinstance(module, ATTENTION_TYPES)
+
+
+def attention_modules(model: nn.Module) -> Dict[str, nn.Module]:
+    """name -> module for every outermost attention module in ``model`` (see :func:`is_attention`).
+
+    Modules inside another attention module (the paths of a :class:`DualAttention`, the attention
+    of an :class:`AttnResBlock`) are part of it and not listed; ``""`` names ``model`` itself.
+    """
+    found: Dict[str, nn.Module] = {}
+    for name, m in model.named_modules():
+        if is_attention(m) and not any(name.startswith(f + ".") or f == "" for f in found):
+            found[name] = m
+    return found
 
 
 def init_attention_(module: nn.Module) -> nn.Module:
@@ -428,54 +401,26 @@ def init_attention_(module: nn.Module) -> nn.Module:
         raise ValueError(f"init_attention_ expects an nn.Module, got {type(module).__name__}")
     handled = set()
     for m in module.modules():
-        if isinstance(m, (DualAttention, AttnResBlock)) and id(m) not in handled:
+        if is_attention(m) and hasattr(m, "reset_parameters") and id(m) not in handled:
             m.reset_parameters()
             handled.update(id(sub) for sub in m.modules())
     for m in module.modules():
-        if id(m) in handled:
-            continue
-        if isinstance(m, nn.Conv2d):
+        if id(m) not in handled and isinstance(m, nn.Conv2d):
             nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
             if m.bias is not None:
                 nn.init.zeros_(m.bias)
     return module
 
 
-@contextlib.contextmanager
-def record_attention(model: nn.Module) -> Iterator[Dict[str, Dict[str, Optional[torch.Tensor]]]]:
-    """Record the attention maps of every :class:`DualAttention` in ``model`` during forwards.
+# Old names, answered only until sca_lib/__init__.py imports the new ones; not part of the API.
+_MOVED = {"STRENGTH_PRESETS": "STRENGTHS", "MODES": "PATHS"}
 
-    Usage::
 
-        with record_attention(model) as maps:
-            model(images)
-        maps["features.30"]["spatial"]   # (N, 1, H, W)
-        maps["features.30"]["channel"]   # (N, C)
+def __getattr__(name: str):
+    if name in _MOVED:
+        return globals()[_MOVED[name]]
+    if name == "record_attention":  # now sca_lib.maps.record_attention
+        from .maps import record_attention
 
-    The dict maps each module's name (``""`` when ``model`` itself is the attention module) to its
-    last maps. Recording is switched off again on exit; outside the block nothing is stored.
-    """
-    mods = {n: m for n, m in model.named_modules() if isinstance(m, DualAttention)}
-    if not mods:
-        raise ValueError(
-            f"record_attention found no DualAttention module in {type(model).__name__}; "
-            f"build the model with an attention (e.g. build_classifier(..., attention='dual'))"
-        )
-    maps: Dict[str, Dict[str, Optional[torch.Tensor]]] = {}
-    handles = []
-    previous = {n: m.record_maps for n, m in mods.items()}
-    for n, m in mods.items():
-        m.record_maps = True
-
-        def hook(mod, _inp, _out, _name=n):
-            maps[_name] = mod.last_maps
-
-        handles.append(m.register_forward_hook(hook))
-    try:
-        yield maps
-    finally:
-        for h in handles:
-            h.remove()
-        for n, m in mods.items():
-            m.record_maps = previous[n]
-            m.last_maps = None
+        return record_attention
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,5 +1,9 @@
 """Cost of a model: parameters, FLOPs (fvcore) and latency, as one tidy table.
 
+:func:`cost_table` measures several models side by side; :func:`compare_costs` does the same at
+the run mode's latency budget (:data:`LATENCY_BUDGETS`) and keeps the columns a reader compares,
+optionally next to the article's numbers and as ratios to the first model (:func:`add_ratios`).
+
 FLOP convention (read this before comparing numbers): fvcore counts **one fused multiply-add as
 one FLOP** (so its "FLOPs" are MACs; the article's 15.5 G for VGG16 and 4.1 G for ResNet50 use the
 same convention). By default fvcore 0.1.5 counts convolutions, linear layers, batch norm (eval: 2
@@ -8,8 +12,8 @@ functions (ReLU, Sigmoid, Hardsigmoid, Hardswish), elementwise multiply and add,
 An attention module is mostly such elementwise work (gates and the ``x * c * s`` product), so
 ``count_flops(..., include_elementwise=True)`` (the default here) registers handles that count
 one FLOP per output element for activations, gates, mul/add/sub/div, and one per input element
-for max pooling. ``include_elementwise=False`` gives fvcore's own number. :func:`profile` reports
-both.
+for max pooling. ``include_elementwise=False`` gives fvcore's own number. :func:`cost_table`
+reports both.
 
 Latency: warm-up runs, then the median of ``runs`` timed forwards under ``torch.inference_mode``
 in eval mode; on CUDA each run is bracketed by ``torch.cuda.synchronize()``. CPU numbers depend on
@@ -24,10 +28,15 @@ import time
 import warnings
 from collections import Counter
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple, Union
 
+import pandas as pd
 import torch
 from torch import nn
+
+from .attention import attention_modules
+from .config import check_mode, get_mode
 
 __all__ = [
     "count_parameters",
@@ -36,7 +45,13 @@ __all__ = [
     "attention_cost",
     "measure_latency",
     "compare_latency",
-    "profile",
+    "cost_table",
+    "add_ratios",
+    "compare_costs",
+    "LatencyBudget",
+    "LATENCY_BUDGETS",
+    "latency_budget",
+    "COST_COLUMNS",
     "ELEMENTWISE_OPS",
 ]
 
@@ -156,8 +171,6 @@ def count_flops(model: nn.Module, input_size: SizeArg = (1, 3, 224, 224), includ
 
 def _costs(model: nn.Module, input_size: SizeArg) -> Dict[str, int]:
     """One fvcore trace -> whole-model and attention FLOPs in both conventions, attention params."""
-    from .backbones import attention_modules
-
     mods = attention_modules(model)
     _quiet()
     with _eval(model), torch.no_grad():
@@ -176,8 +189,8 @@ def _costs(model: nn.Module, input_size: SizeArg) -> Dict[str, int]:
 def attention_cost(model: nn.Module, input_size: SizeArg = (1, 3, 224, 224)) -> Dict[str, int]:
     """Params and FLOPs (both conventions) of the attention modules inside ``model``.
 
-    Counts every top-level :class:`~sca_lib.attention.DualAttention` /
-    :class:`~sca_lib.attention.AttnResBlock` (for an AttnResBlock that includes its 3x3 conv).
+    Counts every outermost attention module (:func:`sca_lib.attention.attention_modules`; for an
+    :class:`~sca_lib.attention.AttnResBlock` that includes its 3x3 conv).
     Returns ``{"params", "flops", "flops_fvcore"}``; all zero when there is none.
     """
     c = _costs(model, input_size)
@@ -238,10 +251,10 @@ def compare_latency(models: Mapping[str, nn.Module], input_size: SizeArg = (3, 2
     return {name: statistics.median(t) for name, t in times.items()}
 
 
-def profile(models: Mapping[str, nn.Module], input_size: SizeArg = (1, 3, 224, 224),
-            batch_sizes: Sequence[int] = (1, 32), device: Union[None, str, torch.device] = None,
-            warmup: int = 2, runs: int = 5, latency_input_size: Optional[SizeArg] = None,
-            latency: bool = True):
+def cost_table(models: Mapping[str, nn.Module], input_size: SizeArg = (1, 3, 224, 224),
+               batch_sizes: Sequence[int] = (1, 32), device: Union[None, str, torch.device] = None,
+               warmup: int = 2, runs: int = 5, latency_input_size: Optional[SizeArg] = None,
+               latency: bool = True) -> pd.DataFrame:
     """A tidy cost table (pandas DataFrame), one row per model.
 
     Columns: ``model``, ``params_M`` and ``trainable_M`` (millions), ``gflops`` (elementwise ops
@@ -251,8 +264,6 @@ def profile(models: Mapping[str, nn.Module], input_size: SizeArg = (1, 3, 224, 2
     (default ``input_size``); ``device``, ``threads``, ``input_size``, ``latency_input_size``.
     ``latency=False`` skips timing (FLOPs and params are exact and machine-independent).
     """
-    import pandas as pd
-
     shape = _input_shape(input_size)
     lat_shape = _input_shape(latency_input_size or input_size)
     dev = torch.device(device) if device is not None else torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -280,3 +291,91 @@ def profile(models: Mapping[str, nn.Module], input_size: SizeArg = (1, 3, 224, 2
                     "threads": torch.get_num_threads(), "input_size": "x".join(map(str, shape[1:])),
                     "latency_input_size": "x".join(map(str, lat_shape[1:])) if latency else ""})
     return pd.DataFrame(rows)
+
+
+# --------------------------------------------------------------------------------------------
+# Side-by-side comparisons at the run mode's budget
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class LatencyBudget:
+    """How much latency measuring a run mode does (parameters and FLOPs are exact in every mode).
+
+    ``size``: input side in pixels for the timed forwards; ``batch_sizes``: the batches timed;
+    ``runs``: timed forwards per model (median), after ``warmup`` untimed ones; ``threads``: the
+    intra-op thread count to use (None: torch's default).
+    """
+
+    size: int
+    batch_sizes: Tuple[int, ...]
+    runs: int
+    warmup: int = 1
+    threads: Optional[int] = None
+
+
+#: The latency budget of each run mode: ``fast`` is a plumbing check (64x64, one thread, which is
+#: stable on shared CI runners), ``cpu`` and ``full`` measure at 224x224, batches 1 and 32.
+LATENCY_BUDGETS: Dict[str, LatencyBudget] = {
+    "fast": LatencyBudget(size=64, batch_sizes=(1, 2), runs=2, threads=1),
+    "cpu": LatencyBudget(size=224, batch_sizes=(1, 32), runs=5),
+    "full": LatencyBudget(size=224, batch_sizes=(1, 32), runs=20),
+}
+
+#: The columns :func:`compare_costs` keeps, in order (those present); latency columns follow.
+COST_COLUMNS = ("model", "params_M", "article_params_M", "params_ratio", "gflops_fvcore", "gflops",
+                "article_gflops", "flops_ratio", "attn_params", "attn_mflops")
+
+
+def latency_budget(mode: Optional[str] = None) -> LatencyBudget:
+    """The :data:`LATENCY_BUDGETS` entry of ``mode`` (default: ``$SCA_MODE`` via :func:`sca_lib.config.get_mode`)."""
+    return LATENCY_BUDGETS[get_mode() if mode is None else check_mode(mode)]
+
+
+def add_ratios(table: pd.DataFrame, baseline: int = 0) -> pd.DataFrame:
+    """``table`` (from :func:`cost_table`) with ratios to its row ``baseline`` (position), in place.
+
+    Adds ``params_ratio``, ``flops_ratio``, ``flops_fvcore_ratio`` and ``latency_ratio_b{B}`` for
+    every ``latency_ms_b{B}`` column. Returns the table.
+    """
+    base = table.iloc[baseline]
+    table["params_ratio"] = table["params_M"] / base["params_M"]
+    table["flops_ratio"] = table["gflops"] / base["gflops"]
+    table["flops_fvcore_ratio"] = table["gflops_fvcore"] / base["gflops_fvcore"]
+    for col in [c for c in table.columns if c.startswith("latency_ms_b")]:
+        table["latency_ratio_b" + col[len("latency_ms_b"):]] = table[col] / base[col]
+    return table
+
+
+def compare_costs(models: Mapping[str, nn.Module], mode: Optional[str] = None, *,
+                  input_size: SizeArg = (1, 3, 224, 224), article: Optional[Mapping[str, Tuple[float, float]]] = None,
+                  ratios: bool = False, device: Union[None, str, torch.device] = None) -> pd.DataFrame:
+    """Parameters, FLOPs and latency of ``models`` side by side, at ``mode``'s latency budget.
+
+    Parameters and FLOPs are exact at ``input_size`` in every mode; latency follows
+    :func:`latency_budget` (``mode`` defaults to ``$SCA_MODE``): interleaved medians at
+    ``budget.size`` for each of ``budget.batch_sizes``. The budget's thread count is used during
+    the measurement only. ``article`` maps model names to the article's ``(params_M, gflops)``
+    (columns ``article_params_M``, ``article_gflops``; None for other rows); ``ratios=True`` adds
+    ``params_ratio`` and ``flops_ratio`` to the first model. Returns :data:`COST_COLUMNS` (those
+    present), the ``latency_ms_b{B}`` columns, ``device`` and ``latency_input_size``.
+    """
+    budget = latency_budget(mode)
+    threads = torch.get_num_threads()
+    if budget.threads:
+        torch.set_num_threads(budget.threads)
+    try:
+        table = cost_table(models, input_size, batch_sizes=budget.batch_sizes, device=device,
+                           warmup=budget.warmup, runs=budget.runs, latency_input_size=(3, budget.size, budget.size))
+    finally:
+        torch.set_num_threads(threads)
+    if article is not None:
+        unknown = sorted(set(article) - set(models))
+        if unknown:
+            raise ValueError(f"compare_costs: article numbers for unknown models {unknown}; models are {list(models)}")
+        table["article_params_M"] = [article.get(m, (None, None))[0] for m in table["model"]]
+        table["article_gflops"] = [article.get(m, (None, None))[1] for m in table["model"]]
+    if ratios:
+        add_ratios(table)
+    latency = [c for c in table.columns if c.startswith("latency_ms_b")]
+    return table[[c for c in COST_COLUMNS if c in table.columns] + latency + ["device", "latency_input_size"]]

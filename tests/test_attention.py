@@ -6,7 +6,9 @@ from torch import nn
 
 import sca_lib
 from sca_lib.attention import (
-    STRENGTH_PRESETS,
+    ATTENTION_TYPES,
+    PATHS,
+    STRENGTHS,
     AttnResBlock,
     ChannelAttention,
     DualAttention,
@@ -14,9 +16,12 @@ from sca_lib.attention import (
     SpatialAttention,
     create_attention,
     init_attention_,
+    attention_modules,
+    default_reduction,
+    is_attention,
     list_attentions,
-    record_attention,
 )
+from sca_lib.maps import record_attention
 
 
 class ArticleDualAttention(nn.Module):
@@ -66,8 +71,8 @@ def test_parameter_count_matches_formula():
     expected = (c * (c // r) + c // r) + ((c // r) * c + c) + (c + 1)
     assert expected == 66625
     assert sum(p.numel() for p in DualAttention(512).parameters()) == expected
-    assert sum(p.numel() for p in DualAttention(512, mode="channel").parameters()) == expected - (c + 1)
-    assert sum(p.numel() for p in DualAttention(512, mode="spatial").parameters()) == c + 1
+    assert sum(p.numel() for p in DualAttention(512, paths="channel").parameters()) == expected - (c + 1)
+    assert sum(p.numel() for p in DualAttention(512, paths="spatial").parameters()) == c + 1
 
 
 def test_shape_preserved_and_state_dict_names(x):
@@ -79,13 +84,13 @@ def test_shape_preserved_and_state_dict_names(x):
     }
 
 
-@pytest.mark.parametrize("mode", ["channel", "spatial"])
-def test_single_path_modes_equal_their_building_block(x, mode):
+@pytest.mark.parametrize("paths", ["channel", "spatial"])
+def test_single_path_variants_equal_their_building_block(x, paths):
     torch.manual_seed(2)
-    mod = DualAttention(32, mode=mode)
-    block = mod.channel if mode == "channel" else mod.spatial
-    assert (mod.spatial is None) == (mode == "channel")
-    assert (mod.channel is None) == (mode == "spatial")
+    mod = DualAttention(32, paths=paths)
+    block = mod.channel if paths == "channel" else mod.spatial
+    assert (mod.spatial is None) == (paths == "channel")
+    assert (mod.channel is None) == (paths == "spatial")
     torch.testing.assert_close(mod(x), block(x))
 
 
@@ -107,14 +112,14 @@ def test_strength_limits(x):
     torch.testing.assert_close(zero(x), x)
 
 
-def test_strength_formula_and_presets(x):
+def test_strength_formula_and_named_strengths(x):
     torch.manual_seed(4)
     mod = DualAttention(32, strength="detection")
     assert (mod.alpha, mod.beta) == (0.7, 0.5)
     c = mod.channel.weights(x)
     s = mod.spatial.weights(x)
     torch.testing.assert_close(mod(x), x * (0.5 + 0.5 * c) * (0.3 + 0.7 * s))
-    for name, ab in STRENGTH_PRESETS.items():
+    for name, ab in STRENGTHS.items():
         m = DualAttention(8, strength=name)
         assert (m.alpha, m.beta) == (ab["alpha"], ab["beta"])
 
@@ -184,8 +189,8 @@ def test_gradients_reach_every_parameter():
 
 def test_factory_names_and_kwargs():
     assert list_attentions() == ["channel", "dual", "lite", "lite_channel", "lite_spatial", "spatial"]
-    assert create_attention("dual", 32).mode == "dual"
-    assert create_attention("Channel", 32).mode == "channel"
+    assert create_attention("dual", 32).paths == "dual"
+    assert create_attention("Channel", 32).paths == "channel"
     assert isinstance(create_attention("lite_spatial", 32), LiteDualAttention)
     assert create_attention("dual", 32, reduction=4).channel.fc1.out_channels == 8
     assert sca_lib.create_attention is create_attention
@@ -219,7 +224,7 @@ def test_init_attention_only_touches_given_module():
 
 
 def test_record_attention_maps_and_no_cost_when_off():
-    model = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), DualAttention(16), nn.ReLU(), DualAttention(16, mode="channel"))
+    model = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), DualAttention(16), nn.ReLU(), DualAttention(16, paths="channel"))
     x = torch.randn(2, 3, 10, 8)
     model(x)
     assert model[1].last_maps is None
@@ -241,13 +246,13 @@ def test_record_attention_maps_and_no_cost_when_off():
         (lambda: DualAttention(0), "positive int"),
         (lambda: DualAttention(16, reduction=32), "reduction 32 is larger than channels 16"),
         (lambda: DualAttention(16, reduction=0), "positive int"),
-        (lambda: DualAttention(16, mode="both"), "unknown mode 'both'; expected one of dual, channel, spatial"),
+        (lambda: DualAttention(16, paths="both"), "unknown paths 'both'; expected one of dual, channel, spatial"),
         (lambda: DualAttention(16, alpha=1.5), r"`alpha` in \[0, 1\], got 1.5"),
         (lambda: DualAttention(16, beta=-0.1), r"`beta` in \[0, 1\], got -0.1"),
-        (lambda: DualAttention(16, strength="captioning"), "unknown strength preset 'captioning'"),
+        (lambda: DualAttention(16, strength="captioning"), "unknown strength 'captioning'"),
         (lambda: DualAttention(16, strength="detection", alpha=0.2), "either strength"),
-        (lambda: DualAttention(16, mode="channel", alpha=0.5), "spatial path"),
-        (lambda: DualAttention(16, mode="spatial", beta=0.5), "channel path"),
+        (lambda: DualAttention(16, paths="channel", alpha=0.5), "spatial path"),
+        (lambda: DualAttention(16, paths="spatial", beta=0.5), "channel path"),
         (lambda: DualAttention(16, drop_rate=1.0), "drop_rate"),
         (lambda: create_attention("cbam", 16), "unknown attention 'cbam'; expected one of channel, dual"),
     ],
@@ -265,3 +270,55 @@ def test_forward_errors_name_expected_and_actual():
         mod(torch.randn(512, 14, 14))
     with pytest.raises(ValueError, match="expects 16 channels, got 8"):
         AttnResBlock(16)(torch.randn(1, 8, 4, 4))
+
+
+def test_numpy_and_python_numbers_are_accepted():
+    np = pytest.importorskip("numpy")
+    mod = DualAttention(np.int64(16), np.int64(4), alpha=np.float32(0.5), beta=np.float64(0.25),
+                        drop_rate=np.float32(0.1))
+    assert (mod.alpha, mod.beta) == (0.5, 0.25) and type(mod.alpha) is float
+    assert mod.channels == 16 and mod.channel.fc1.out_channels == 4 and mod.dropout.p == pytest.approx(0.1)
+    assert DualAttention(8, alpha=1, beta=0).beta == 0.0  # Python ints are real numbers too
+    with pytest.raises(ValueError, match=r"`alpha` in \[0, 1\]"):
+        DualAttention(8, alpha=np.float32(1.5))
+    with pytest.raises(ValueError, match=r"`alpha` in \[0, 1\]"):
+        DualAttention(8, alpha=float("nan"))
+    with pytest.raises(ValueError, match=r"`beta` in \[0, 1\]"):
+        DualAttention(8, beta=True)
+    with pytest.raises(ValueError, match=r"`beta` in \[0, 1\]"):
+        DualAttention(8, beta="0.5")
+
+
+@pytest.mark.parametrize("dtype", [torch.uint8, torch.int64, torch.bool])
+@pytest.mark.parametrize("build", [lambda: DualAttention(4, 2), lambda: AttnResBlock(4, reduction=2),
+                                   lambda: ChannelAttention(4, 2), lambda: SpatialAttention(4)])
+def test_integer_inputs_are_refused_naming_the_dtype(build, dtype):
+    x = torch.ones(1, 4, 3, 3, dtype=dtype)
+    with pytest.raises(TypeError, match=rf"floating-point input .*got dtype {dtype}; convert it with x.float\(\)"):
+        build()(x)
+    with pytest.raises(TypeError, match="expects a torch.Tensor.*got a list"):
+        build()([[1.0]])
+
+
+def test_attention_identity_and_attention_modules():
+    assert ATTENTION_TYPES == (ChannelAttention, SpatialAttention, DualAttention, AttnResBlock)
+    assert all(is_attention(m) for m in (LiteDualAttention(16), AttnResBlock(8), ChannelAttention(8), SpatialAttention(8)))
+    assert not is_attention(nn.Conv2d(8, 8, 1)) and not is_attention("dual")
+    model = nn.Sequential(nn.Conv2d(3, 8, 1), DualAttention(8), AttnResBlock(8), ChannelAttention(8))
+    assert list(attention_modules(model)) == ["1", "2", "3"]  # outermost ones only
+    block = AttnResBlock(8)
+    assert attention_modules(block) == {"": block}  # the model itself, counted once
+    assert attention_modules(nn.Conv2d(3, 3, 1)) == {}
+
+
+def test_registry_builds_configurations_of_two_classes():
+    for name in list_attentions():
+        mod = create_attention(name, 32)
+        assert type(mod) is (LiteDualAttention if name.startswith("lite") else DualAttention)
+        assert mod.paths == {"lite": "dual"}.get(name, name.replace("lite_", "")) and mod.paths in PATHS
+        if mod.channel is not None:
+            assert mod.channel.fc1.out_channels == 32 // default_reduction(name)
+    assert default_reduction("dual") == 8 and default_reduction("LITE_channel") == 16
+    assert "paths='channel'" in repr(create_attention("channel", 8))
+    with pytest.raises(ValueError, match="unknown attention 'se'"):
+        default_reduction("se")

@@ -12,19 +12,11 @@ import torch
 import torchvision
 from torch import nn
 
-from sca_lib.attention import AttnResBlock, DualAttention, LiteDualAttention
-from sca_lib.backbones import (
-    GROUPS,
-    AttnBasicBlock,
-    AttnBottleneck,
-    attention_modules,
-    build_classifier,
-    default_placement,
-    list_backbones,
-    list_placements,
-    parameter_groups,
-    set_trainable,
-)
+from sca_lib.attention import AttnResBlock, DualAttention, LiteDualAttention, attention_modules
+from sca_lib.backbones import build_classifier, default_placement, list_backbones, list_placements
+from sca_lib.groups import GROUPS, parameter_groups, set_trainable
+from sca_lib.placements import AttnBasicBlock, AttnBottleneck, block_stride
+from sca_lib.spec import AttentionSpec
 
 BACKBONES = ["vgg16", "resnet50", "mobilenet_v3_large", "resnet18", "mobilenet_v3_small"]
 ATTENTIONS = [None, "dual", "channel", "spatial", "lite"]
@@ -143,7 +135,7 @@ def test_resnet50_inside_is_bottleneck():
     assert model(torch.randn(1, 3, 32, 32)).shape == (1, 20)
 
 
-def test_resnet_detection_preset():
+def test_resnet_detection_group():
     model = build_classifier("resnet18", "dual", placement="detection")
     assert set(attention_modules(model)) == {"layer3.1", "layer4.1"}
     places = list_placements("resnet50")
@@ -197,7 +189,7 @@ def test_clear_errors():
 
 def test_weights_round_trip_plain_to_attention(tmp_path):
     torch.manual_seed(0)
-    plain = build_classifier("resnet18", num_classes=20)  # e.g. issue 5's pretrained stand-in
+    plain = build_classifier("resnet18", num_classes=20)  # e.g. the pretrained stand-in
     path = tmp_path / "plain.pt"
     torch.save(plain.state_dict(), path)
     model = build_classifier("resnet18", "dual", placement="layer4.0.inside", weights=str(path), num_classes=5)
@@ -285,3 +277,77 @@ def test_frozen_batchnorm_stays_frozen_after_train():
     model.train()
     model(torch.randn(2, 3, 32, 32))
     assert model.bn1.training and not torch.equal(model.bn1.running_mean, before)
+
+
+def test_nan_weights_file_is_refused_naming_file_and_tensor(tmp_path):
+    sd = torchvision.models.resnet18().state_dict()
+    sd["layer1.0.conv2.weight"][0, 0, 0, 0] = float("nan")
+    sd["layer2.0.bn1.running_var"][:3] = float("inf")
+    path = tmp_path / "diverged.pt"
+    torch.save(sd, path)
+    with pytest.raises(ValueError, match=r"diverged\.pt.*non-finite.*'layer1\.0\.conv2\.weight' \(64, 64, 3, 3\) has 1 NaN/inf"):
+        build_classifier("resnet18", weights=path)
+    with pytest.raises(ValueError, match="a state_dict hold non-finite"):
+        build_classifier("resnet18", "dual", weights=sd)
+    sd = torchvision.models.resnet18().state_dict()
+    sd["fc.weight"][:] = float("nan")  # the head is never loaded, so it may be anything
+    build_classifier("resnet18", weights=sd)
+
+
+@pytest.mark.parametrize("dtype", [torch.uint8, torch.int64])
+def test_integer_image_batch_is_refused_naming_the_dtype(dtype):
+    model = build_classifier("mobilenet_v3_small", "lite").eval()
+    images = torch.randint(0, 255, (1, 3, 32, 32)).to(dtype)
+    msg = rf"build_classifier\('mobilenet_v3_small'\) model expects a floating-point input .*got dtype {dtype}.*x\.float\(\)"
+    with pytest.raises(TypeError, match=msg):
+        model(images)
+    with pytest.raises(TypeError, match=msg):
+        copy.deepcopy(model)(images)  # the check travels with the model
+    assert model(images.float() / 255).shape == (1, 20)
+
+
+def test_weights_is_keyword_only():
+    with pytest.raises(TypeError, match="positional"):
+        build_classifier("resnet18", None, None, 20, None)
+
+
+def test_attention_spec_gives_kind_placement_and_knobs():
+    spec = AttentionSpec("dual", placement="layer4.1.inside", reduction=4, drop_rate=0.1, identity_init=True)
+    model = build_classifier("resnet18", spec, num_classes=5)
+    attn = model.layer4[1].attn
+    assert isinstance(attn, DualAttention) and attn.channel.fc1.out_channels == 512 // 4 and attn.identity_init
+    assert model.sca_config["placement"] == ["layer4.1.inside"] and model.sca_config["reduction"] == 4
+    assert model.sca_config["attention_kwargs"] == spec.module_kwargs()
+    assert not attention_modules(build_classifier("resnet18", AttentionSpec()))  # kind None: a plain model
+    with pytest.raises(ValueError, match="put them in the spec"):
+        build_classifier("resnet18", spec, placement="layer4.1")
+    with pytest.raises(ValueError, match="put them in the spec"):
+        build_classifier("resnet18", spec, reduction=8)
+
+
+@pytest.mark.parametrize("backbone,attention,placement,modules", [
+    ("vgg16", "dual", None, {"after_conv5_3": "features.30"}),
+    ("resnet18", "dual", "detection", {"layer3.1": "layer3.1", "layer4.1": "layer4.1"}),
+    ("resnet18", "spatial", ["layer4.0.inside", "after_layer4"],
+     {"layer4.0.inside": "layer4.0.attn", "after_layer4": "layer4.2"}),
+    ("mobilenet_v3_large", "lite", ["after_features.16", "after_features.13"],
+     {"after_features.16": "features.18", "after_features.13": "features.14"}),
+    ("mobilenet_v3_small", "lite_channel", "replace_se.4", {"replace_se.4": "features.4.block.2"}),
+])
+def test_sca_config_records_resolved_settings(backbone, attention, placement, modules):
+    model = build_classifier(backbone, attention, placement=placement)
+    cfg = model.sca_config
+    assert cfg["modules"] == modules and list(cfg["modules"]) == cfg["placement"]
+    assert set(attention_modules(model)) == set(modules.values())
+    assert cfg["reduction"] == (16 if attention.startswith("lite") else 8)
+    head = {"vgg16": "classifier.6", "resnet18": "fc"}.get(backbone, "classifier.3")
+    assert cfg["head"] == head and model.get_submodule(head).out_features == 20
+    plain = build_classifier(backbone, num_classes=3).sca_config
+    assert plain["reduction"] is None and plain["modules"] == {} and plain["head"] == head
+
+
+def test_mobilenet_late_stage_starts_at_the_last_stride_2_block():
+    model = build_classifier("mobilenet_v3_large")
+    assert [i for i, b in enumerate(model.features) if block_stride(b) == 2] == [0, 2, 4, 7, 13]
+    assert block_stride(model.features[11]) == 1  # widens 80 -> 112 channels at stride 1
+    assert [m._sca_group for m in model.features] == ["early"] * 13 + ["late"] * 4

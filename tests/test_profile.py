@@ -7,17 +7,21 @@ import torch
 from torch import nn
 
 from sca_lib.attention import AttnResBlock, DualAttention, LiteDualAttention
+import sca_lib.profile
 from sca_lib.profile import (
+    COST_COLUMNS,
+    LATENCY_BUDGETS,
+    add_ratios,
     attention_cost,
+    compare_costs,
     compare_latency,
+    cost_table,
     count_flops,
     count_parameters,
     flops_by_module,
+    latency_budget,
     measure_latency,
-    profile,
 )
-
-
 
 
 def test_parameter_counts_match_hand_computed():
@@ -74,13 +78,13 @@ def test_latency_and_table():
     lat = compare_latency({"a": conv, "b": nn.Sequential(conv, DualAttention(4, 2))}, (1, 3, 16, 16), 1,
                           warmup=0, runs=2)
     assert set(lat) == {"a", "b"} and all(v > 0 for v in lat.values())
-    table = profile({"conv": model}, (1, 3, 16, 16), batch_sizes=(1, 2), warmup=0, runs=1, device="cpu")
+    table = cost_table({"conv": model}, (1, 3, 16, 16), batch_sizes=(1, 2), warmup=0, runs=1, device="cpu")
     assert list(table["model"]) == ["conv"]
     row = table.iloc[0]
     assert row["params_M"] * 1e6 == pytest.approx(4 * 27 + 4)
     assert row["gflops_fvcore"] * 1e9 == pytest.approx(4 * 27 * 256 + 4 * 256)  # conv + adaptive pool
     assert {"latency_ms_b1", "latency_ms_b2", "gflops", "attn_params", "device", "threads"} <= set(table.columns)
-    assert "latency_ms_b1" not in profile({"conv": model}, (3, 16, 16), latency=False).columns
+    assert "latency_ms_b1" not in cost_table({"conv": model}, (3, 16, 16), latency=False).columns
 
 
 def test_bad_input_size():
@@ -88,3 +92,51 @@ def test_bad_input_size():
         count_flops(nn.Identity(), (16, 16))
     with pytest.raises(ValueError, match="runs >= 1"):
         measure_latency(nn.Identity(), (3, 4, 4), runs=0)
+
+
+def test_profile_module_is_not_shadowed():
+    import types
+
+    assert isinstance(sca_lib.profile, types.ModuleType) and not hasattr(sca_lib.profile, "profile")
+
+
+def test_latency_budget_follows_the_run_mode(monkeypatch):
+    monkeypatch.setenv("SCA_MODE", "FAST")
+    assert latency_budget() == LATENCY_BUDGETS["fast"] and latency_budget().threads == 1
+    assert latency_budget("cpu").size == 224 and latency_budget("full").batch_sizes == (1, 32)
+    monkeypatch.setenv("SCA_MODE", "bogus")
+    with pytest.raises(ValueError, match="expected one of fast, cpu, full"):
+        latency_budget()
+    with pytest.raises(ValueError, match="expected one of fast, cpu, full"):
+        latency_budget("gpu")
+
+
+def test_compare_costs_columns_article_and_ratios():
+    torch.manual_seed(0)
+    conv = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten())
+    attn = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), DualAttention(8, 2), nn.AdaptiveAvgPool2d(1), nn.Flatten())
+    threads = torch.get_num_threads()
+    t = compare_costs({"plain": conv, "+dual": attn}, "fast", input_size=(1, 3, 16, 16),
+                      article={"+dual": (1.5, 0.2)}, ratios=True, device="cpu")
+    assert torch.get_num_threads() == threads  # the budget's thread count is used during timing only
+    assert list(t.columns) == ["model", "params_M", "article_params_M", "params_ratio", "gflops_fvcore", "gflops",
+                               "article_gflops", "flops_ratio", "attn_params", "attn_mflops",
+                               "latency_ms_b1", "latency_ms_b2", "device", "latency_input_size"]
+    assert list(t.columns[:10]) == list(COST_COLUMNS)
+    assert t["latency_input_size"].tolist() == ["3x64x64"] * 2
+    assert t["article_params_M"].isna().tolist() == [True, False] and t["article_gflops"].iloc[1] == 0.2
+    assert t["params_ratio"].iloc[0] == 1.0 and t["params_ratio"].iloc[1] > 1.0
+    assert t["attn_params"].tolist() == [0, count_parameters(attn[1])["total"]]
+    plain = compare_costs({"plain": conv}, "fast", input_size=(1, 3, 16, 16))
+    assert "article_params_M" not in plain.columns and "params_ratio" not in plain.columns
+    with pytest.raises(ValueError, match="unknown models"):
+        compare_costs({"plain": conv}, "fast", input_size=(1, 3, 16, 16), article={"VGG16": (138, 15.5)})
+
+
+def test_add_ratios_to_a_baseline_row():
+    table = cost_table({"a": nn.Conv2d(3, 4, 1), "b": nn.Conv2d(3, 8, 1)}, (1, 3, 8, 8), batch_sizes=(1,),
+                       warmup=0, runs=1, device="cpu")
+    add_ratios(table, baseline=1)
+    assert table["params_ratio"].tolist() == pytest.approx([16 / 32, 1.0])
+    assert table["flops_fvcore_ratio"].tolist() == pytest.approx([0.5, 1.0])
+    assert table["latency_ratio_b1"].iloc[1] == 1.0
