@@ -32,7 +32,8 @@ from pathlib import Path
 import torch
 from torch.utils.data import DataLoader
 
-from sca_lib.backbones import build_classifier, parameter_groups, set_trainable
+from sca_lib.backbones import build_classifier
+from sca_lib.groups import parameter_groups, set_trainable
 from sca_lib.engine import Trainer
 from sca_lib.losses import masked_bce_with_logits
 from sca_lib.schedule import single_stage_schedule

@@ -1,39 +1,51 @@
 """sca_lib: spatial + channel ("SCA-CNN"-style) attention for CNNs.
 
 The library behind the notebooks in ``notebooks/``. Every submodule is importable on its own; the
-public names a notebook uses are re-exported here, in pipeline order: attention modules, backbones
-and their cost, data, training, metrics, ablations and their report.
+public names a notebook uses are re-exported here, in pipeline order: the run mode and paths,
+attention modules, backbones and their cost, data, training, metrics, ablations and their report.
 """
 
+import importlib as _importlib
+
 from .config import MODES, data_dir, default_device, get_mode, output_root
+
+# attention
 from .attention import (
-    MODES as ATTENTION_MODES,
-    STRENGTH_PRESETS,
+    ATTENTION_TYPES,
+    PATHS,
+    STRENGTHS,
     AttnResBlock,
     ChannelAttention,
     DualAttention,
     LiteDualAttention,
     SpatialAttention,
+    attention_modules,
     create_attention,
     default_reduction,
     init_attention_,
+    is_attention,
     list_attentions,
-    record_attention,
 )
+from .maps import record_attention
 from .spec import AttentionSpec
-from .backbones import (
-    GROUPS,
-    attention_modules,
-    build_classifier,
-    default_placement,
-    list_backbones,
-    list_placements,
-    parameter_groups,
-    set_trainable,
+
+# backbones and what they cost
+from .backbones import build_classifier, default_placement, list_backbones, list_placements
+from .groups import GROUPS, parameter_groups, set_trainable
+from .profile import (
+    attention_cost,
+    compare_costs,
+    compare_latency,
+    cost_table,
+    count_flops,
+    count_parameters,
+    measure_latency,
 )
-from .profile import attention_cost, compare_latency, count_flops, count_parameters, measure_latency
+
+# data
 from .data import (
     VOC_CLASSES,
+    CachedImages,
     VOCClassification,
     VOCDetection,
     classification_transforms,
@@ -43,44 +55,45 @@ from .data import (
     ensure_synthetic,
     generate_synthetic_voc,
 )
+
+# training
 from .schedule import Stage, expand_schedule, single_stage_schedule, staged_schedule
 from .losses import masked_bce_with_logits
 from .engine import DivergenceError, Trainer
 from .standin import pretrain_standin
+
+# metrics
 from .metrics import average_precision, classification_metrics, mean_average_precision, per_class_ap, top1_accuracy
+
+# ablations
+from .studies import GRIDS, build_grid
+from .results import load_results
 
 __version__ = "0.1.0"
 
-# `python -m sca_lib.train` runs that module as __main__: importing it here first would make runpy
-# warn, so its names load on first use
-_LAZY = {"TrainConfig": "train", "train_classifier": "train"}
+# Modules with a command line (`python -m sca_lib.train`, `.ablate`, `.report`) load on first use:
+# importing them here would make runpy warn when they run as __main__ (and report pulls in seaborn).
+_LAZY = {"TrainConfig": "train", "train_classifier": "train", "run_grid": "ablate", "write_report": "report"}
 
 
 def __getattr__(name: str):
     if name in _LAZY:
-        import importlib
-
-        return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+        return getattr(_importlib.import_module(f".{_LAZY[name]}", __name__), name)
     raise AttributeError(f"module 'sca_lib' has no attribute {name!r}")
 
 
 __all__ = [
-    # run mode and paths
     "MODES", "get_mode", "default_device", "output_root", "data_dir",
-    # attention
-    "ATTENTION_MODES", "STRENGTH_PRESETS", "AttnResBlock", "ChannelAttention", "DualAttention", "LiteDualAttention",
-    "SpatialAttention", "create_attention", "default_reduction", "init_attention_", "list_attentions",
-    "record_attention", "AttentionSpec",
-    # backbones and cost
-    "GROUPS", "attention_modules", "build_classifier", "default_placement", "list_backbones", "list_placements",
-    "parameter_groups", "set_trainable", "attention_cost", "compare_latency", "count_flops", "count_parameters",
-    "measure_latency",
-    # data
-    "VOC_CLASSES", "VOCClassification", "VOCDetection", "classification_transforms", "detection_collate",
-    "detection_transforms", "download_voc", "ensure_synthetic", "generate_synthetic_voc",
-    # training
+    "ATTENTION_TYPES", "PATHS", "STRENGTHS", "AttnResBlock", "ChannelAttention", "DualAttention",
+    "LiteDualAttention", "SpatialAttention", "attention_modules", "create_attention", "default_reduction",
+    "init_attention_", "is_attention", "list_attentions", "record_attention", "AttentionSpec",
+    "build_classifier", "default_placement", "list_backbones", "list_placements", "GROUPS", "parameter_groups",
+    "set_trainable", "attention_cost", "compare_costs", "compare_latency", "cost_table", "count_flops",
+    "count_parameters", "measure_latency",
+    "VOC_CLASSES", "CachedImages", "VOCClassification", "VOCDetection", "classification_transforms",
+    "detection_collate", "detection_transforms", "download_voc", "ensure_synthetic", "generate_synthetic_voc",
     "Stage", "expand_schedule", "single_stage_schedule", "staged_schedule", "masked_bce_with_logits",
     "DivergenceError", "Trainer", "pretrain_standin", "TrainConfig", "train_classifier",
-    # metrics
     "average_precision", "classification_metrics", "mean_average_precision", "per_class_ap", "top1_accuracy",
+    "GRIDS", "build_grid", "load_results", "run_grid", "write_report",
 ]

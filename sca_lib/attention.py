@@ -1,6 +1,6 @@
 """Spatial + channel attention modules ("SCA-CNN"-style dual attention), and what counts as attention.
 
-The modules follow the source article (see ``../shared/seed/README.md``, claims C1, C4, C5, C8,
+The modules follow the source article (claims C1, C4, C5, C8,
 C9, C10, C15). A note on the name: the article calls its module "SCA-CNN", but the SCA-CNN paper
 (Chen et al., CVPR 2017, image captioning) conditions its channel-wise and spatial attention on an
 LSTM hidden state, normalises with softmax and applies channel then spatial attention in sequence.
@@ -413,14 +413,3 @@ def init_attention_(module: nn.Module) -> nn.Module:
 
 
 # Old names, answered only until sca_lib/__init__.py imports the new ones; not part of the API.
-_MOVED = {"STRENGTH_PRESETS": "STRENGTHS", "MODES": "PATHS"}
-
-
-def __getattr__(name: str):
-    if name in _MOVED:
-        return globals()[_MOVED[name]]
-    if name == "record_attention":  # now sca_lib.maps.record_attention
-        from .maps import record_attention
-
-        return record_attention
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

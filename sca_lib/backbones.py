@@ -43,12 +43,6 @@ from .groups import tag_groups
 from .placements import Place, apply_placements, placement_table, resolve_placements
 from .spec import AttentionSpec
 
-# Old import paths of names that moved to sca_lib.attention, sca_lib.groups and sca_lib.placements;
-# kept until sca_lib/__init__.py and sca_lib.train import them from their homes.
-from .attention import attention_modules  # noqa: E402,F401
-from .groups import GROUPS, parameter_groups, set_trainable  # noqa: E402,F401
-from .placements import AttnBasicBlock, AttnBottleneck  # noqa: E402,F401
-
 __all__ = [
     "build_classifier",
     "list_backbones",

@@ -18,7 +18,8 @@ from typing import Any, Dict, Optional, Union
 import torch
 
 from ._io import atomic_save, atomic_write_text, clean_stale_temp, file_lock, json_hash
-from .backbones import build_classifier, parameter_groups, set_trainable
+from .backbones import build_classifier
+from .groups import parameter_groups, set_trainable
 from .batchnorm import recalibrate_batchnorm
 from .config import data_dir
 from .data import VOCClassification, classification_transforms, ensure_synthetic, make_config, synthetic_root

@@ -34,8 +34,9 @@ from torch import nn
 from torch.utils.data import Dataset, Subset
 
 from ._io import atomic_write_text, json_hash, jsonable
-from .attention import init_attention_
-from .backbones import attention_modules, build_classifier, parameter_groups, set_trainable
+from .attention import attention_modules, init_attention_
+from .backbones import build_classifier
+from .groups import parameter_groups, set_trainable
 from .config import MODES, check_mode, data_dir, repo_root, runs_dir
 from .data import VOCClassification, classification_transforms
 from .data import CachedImages
@@ -217,9 +218,7 @@ def build_model(config: TrainConfig, num_classes: int = 20, weights: Optional[st
     """
     if weights is None:
         weights = _resolve_weights(config, progress)
-    spec = config.attention
-    model = build_classifier(config.backbone, attention=spec.kind, placement=spec.placement,
-                             num_classes=num_classes, weights=weights, **spec.module_kwargs())
+    model = build_classifier(config.backbone, attention=config.attention, num_classes=num_classes, weights=weights)
     for m in attention_modules(model).values():
         init_attention_(m)
     return model

@@ -12,7 +12,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from sca_lib.backbones import attention_modules, build_classifier, parameter_groups
+from sca_lib.attention import attention_modules
+from sca_lib.backbones import build_classifier
+from sca_lib.groups import parameter_groups
 from sca_lib.train import (
     TrainConfig,
     build_model,
