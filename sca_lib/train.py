@@ -36,6 +36,7 @@ from torch.utils.data import Dataset, Subset
 from ._io import atomic_write_text, json_hash, jsonable
 from .attention import attention_modules, init_attention_
 from .backbones import build_classifier
+from .baselines import labels_of, reference_lines
 from .groups import parameter_groups, set_trainable
 from .config import MODES, check_mode, data_dir, repo_root, runs_dir
 from .data import VOCClassification, classification_transforms
@@ -245,6 +246,7 @@ def train_classifier(config: Union[TrainConfig, Dict[str, Any]], out_dir: Union[
     ``val_loss``), ``classes``, ``params_total``, ``params_trainable`` (at the last stage),
     ``flops`` (one forward at ``image_size``), ``wall_time_s`` (epochs' time over all sessions),
     ``setup_time_s``, ``session_time_s``, ``images_per_s``, ``clip_fraction``, ``config``,
+    ``reference`` (chance and prior lines of the split, :func:`sca_lib.baselines.reference_lines`),
     ``history``. ``loss_fn`` replaces the masked BCE (tests wrap it to inject faults).
     """
     if not isinstance(config, (TrainConfig, dict)):
@@ -279,6 +281,7 @@ def train_classifier(config: Union[TrainConfig, Dict[str, Any]], out_dir: Union[
         "classes": list(classes), "params_total": params_total, "params_trainable": trainer.trainable_parameters(),
         "flops": flops, "seed": cfg.seed, "setup_time_s": setup_s, "weights": _display_path(weights),
         "threads": torch.get_num_threads(), "session_time_s": time.perf_counter() - t0, "config": cfg.to_dict(),
+        "reference": reference_lines(labels_of(train_set), labels_of(val_set)),  # chance and prior on this split
     })
     if info.is_main:
         slim = {k: v for k, v in summary.items() if k != "history"}
