@@ -16,9 +16,13 @@ def freeze_frozen_bn(model: nn.Module) -> None:
     """Put BatchNorm layers whose affine parameters are frozen in eval mode (running stats fixed)."""
     for m in model.modules():
         if isinstance(m, nn.modules.batchnorm._BatchNorm):
-            params = [p for p in m.parameters(recurse=False)]
-            if params and not any(p.requires_grad for p in params):
+            if _is_frozen(m):
                 m.eval()
+
+
+def _is_frozen(bn: nn.Module) -> bool:
+    params = list(bn.parameters(recurse=False))
+    return bool(params) and not any(p.requires_grad for p in params)
 
 
 @torch.no_grad()
@@ -31,8 +35,12 @@ def recalibrate_batchnorm(model: nn.Module, dataset: Dataset, batch_size: int = 
     to chance. One pass with
     ``momentum=None`` (cumulative average) over the training images fixes that. Returns the number
     of batches used. Items are ``(image, ...)``; only images are used.
+
+    BatchNorm layers whose parameters are frozen (``requires_grad=False``, e.g. by
+    ``sca_lib.groups.set_trainable``) keep their statistics: they belong to the frozen pretrained
+    network, and ``set_trainable`` keeps them in eval mode, where they could not be re-estimated.
     """
-    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and not _is_frozen(m)]
     if not bns:
         return 0
     device = device or next(model.parameters()).device

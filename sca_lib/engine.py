@@ -5,8 +5,8 @@ It knows nothing about VOC or backbones (:mod:`sca_lib.train` wires it to them):
 - **Stages** (:mod:`sca_lib.schedule`): each named parameter group enters the optimizer as its own
   param group the first time a stage unfreezes it; the optimizer is never rebuilt, so momentum
   survives stage transitions. Frozen parameters have ``requires_grad=False`` and get no update.
-- **Gradient clipping** (C7): ``clip_grad_norm_`` every step; the pre-clip norm and whether the
-  step was clipped are logged per step, summaries per epoch.
+- **Gradient clipping** (C7): ``clip_grad_norm_`` every step; the pre-clip norm, whether the step
+  was clipped and the effective step size (LR x clipped norm) are logged per step, summaries per epoch.
 - **Checkpoints** every epoch, atomic, with model, optimizer, scaler, history and every RNG state
   per rank: ``fit()`` again in the same folder resumes after the last finished epoch, and on CPU
   reaches exactly the metrics of an uninterrupted run.
@@ -311,7 +311,8 @@ class Trainer:
         for (step, _, _), lv, n in zip(done, losses, norms):
             self.step_log.append({"step": step, "epoch": epoch, "stage": row["stage"], "lr": row["lr"], "loss": lv,
                                   "grad_norm": n, "grad_norm_clipped": min(n, self.max_grad_norm) if math.isfinite(n) else n,
-                                  "clipped": int(math.isfinite(n) and n > self.max_grad_norm)})
+                                  "clipped": int(math.isfinite(n) and n > self.max_grad_norm),
+                                  "step_size": row["lr"] * min(n, self.max_grad_norm)})  # lr x clipped gradient norm
         sum_loss, count = sum(losses), len(losses)
         if self.dist.distributed:
             t = torch.tensor([sum_loss, float(count), float(n_images)], dtype=torch.float64)
@@ -323,6 +324,7 @@ class Trainer:
             "grad_norm_mean": float(np.mean(fn)) if fn else float("nan"),
             "grad_norm_max": max(fn) if fn else float("nan"),
             "clip_fraction": float(np.mean([n > self.max_grad_norm for n in fn])) if fn else 0.0,
+            "step_size_mean": float(np.mean([row["lr"] * min(n, self.max_grad_norm) for n in fn])) if fn else 0.0,
             "steps": len(losses), "train_images": n_images, "train_time_s": train_time,
             "images_per_s": n_images / max(train_time, 1e-9),
         }

@@ -20,6 +20,7 @@ from it and runs :class:`sca_lib.engine.Trainer`. What each run mode sets (:data
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import dataclasses
 import sys
@@ -43,6 +44,7 @@ from .data import VOCClassification, classification_transforms
 from .data import CachedImages
 from .distributed import init_distributed
 from .engine import DivergenceError, Trainer
+from .losses import masked_bce_with_logits
 from .profile import count_flops, count_parameters
 from .schedule import Stage, schedule_from_dicts, single_stage_schedule, staged_schedule
 from .spec import SPEC_KEYS, AttentionSpec
@@ -80,6 +82,8 @@ class TrainConfig:
     Data: ``dataset="synthetic"`` (the devkit of the mode's size under ``data_root``, default the
     data dir) or ``"voc"`` (real VOC2012 under ``data_root``); ``train_images`` / ``val_images``
     keep the first N images. Weights: ``"standin"``, ``"DEFAULT"`` (ImageNet), None or a path.
+    Loss: ``loss_reduction`` of the masked BCE, ``"sum_per_image"`` (over an image's labels, the
+    mean over images) or ``"mean"`` (over every counted label: C times smaller gradients).
     """
 
     mode: str = "cpu"
@@ -100,6 +104,7 @@ class TrainConfig:
     momentum: float = 0.9
     weight_decay: float = 1e-4
     max_grad_norm: Optional[float] = 2.0
+    loss_reduction: str = "sum_per_image"
     num_workers: int = 0
     cache_images: bool = True
     eval_every: int = 1
@@ -115,6 +120,9 @@ class TrainConfig:
         if len(self.stage_epochs) != 3 or len(self.stage_lrs) != 3:
             raise ValueError(f"stage_epochs and stage_lrs need 3 entries (C6's three stages), got "
                              f"{self.stage_epochs} and {self.stage_lrs}")
+        if self.loss_reduction not in ("sum_per_image", "mean"):
+            raise ValueError(f"loss_reduction must be 'sum_per_image' (BCE summed over an image's labels) or "
+                             f"'mean' (over labels too), got {self.loss_reduction!r}")
         if self.dataset not in ("synthetic", "voc"):
             raise ValueError(f"dataset must be 'synthetic' or 'voc', got {self.dataset!r}")
         if self.dataset == "synthetic" and self.mode == "full":
@@ -267,13 +275,13 @@ def train_classifier(config: Union[TrainConfig, Dict[str, Any]], out_dir: Union[
     with warnings.catch_warnings():  # fvcore's tracer warns about torch.jit deprecations
         warnings.simplefilter("ignore")
         flops = count_flops(model, (1, 3, cfg.image_size, cfg.image_size))
-    extra = {"loss_fn": loss_fn} if loss_fn is not None else {}
+    loss_fn = loss_fn or functools.partial(masked_bce_with_logits, reduction=cfg.loss_reduction)
     trainer = Trainer(
         model, parameter_groups(model), build_schedule(cfg), train_set, val_set, out_dir=out_dir,
         batch_size=cfg.batch_size, set_trainable=set_trainable, momentum=cfg.momentum,
         weight_decay=cfg.weight_decay, max_grad_norm=cfg.max_grad_norm, seed=cfg.seed, device=device,
         num_workers=cfg.num_workers, eval_every=cfg.eval_every, progress=progress, config=cfg.to_dict(),
-        callbacks=callbacks, dist_info=info, **extra,
+        callbacks=callbacks, dist_info=info, loss_fn=loss_fn,
     )
     setup_s = time.perf_counter() - t0
     summary = trainer.fit(resume=resume)
@@ -281,7 +289,8 @@ def train_classifier(config: Union[TrainConfig, Dict[str, Any]], out_dir: Union[
         "classes": list(classes), "params_total": params_total, "params_trainable": trainer.trainable_parameters(),
         "flops": flops, "seed": cfg.seed, "setup_time_s": setup_s, "weights": _display_path(weights),
         "threads": torch.get_num_threads(), "session_time_s": time.perf_counter() - t0, "config": cfg.to_dict(),
-        "reference": reference_lines(labels_of(train_set), labels_of(val_set)),  # chance and prior on this split
+        # chance and prior on this split (the prior's loss in the training loss's reduction)
+        "reference": reference_lines(labels_of(train_set), labels_of(val_set), reduction=cfg.loss_reduction),
     })
     if info.is_main:
         slim = {k: v for k, v in summary.items() if k != "history"}
@@ -311,6 +320,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--image-size", type=int, default=None)
     p.add_argument("--batch-size", type=int, default=None, help="per process")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--loss-reduction", default=None, choices=["sum_per_image", "mean"],
+                   help="masked BCE summed over an image's labels (default) or averaged over them")
     p.add_argument("--weights", default=None, help="standin | DEFAULT | none | path to a plain model's state_dict")
     p.add_argument("--data-root", default=None, help="folder holding VOCdevkit/ and pretrained/ (default: the "
                    "data dir, $SCA_DATA_DIR or data/)")
@@ -328,7 +339,8 @@ def _parser() -> argparse.ArgumentParser:
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
     over: Dict[str, Any] = {k: getattr(args, k) for k in (
-        "backbone", "image_size", "batch_size", "data_root", "train_images", "val_images", "num_workers", "single_lr")
+        "backbone", "image_size", "batch_size", "data_root", "train_images", "val_images", "num_workers", "single_lr",
+        "loss_reduction")
         if getattr(args, k) is not None}
     if args.weights is not None:
         over["weights"] = None if args.weights.lower() == "none" else args.weights

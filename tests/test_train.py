@@ -153,6 +153,9 @@ def test_clipping_is_applied_and_reported(tmp_path):
     rows = list(csv.DictReader(open(tmp_path / "steps.csv")))
     assert len(rows) == s["steps"] == 3 * 3
     assert all(float(r["grad_norm"]) > 2.0 and float(r["grad_norm_clipped"]) == 2.0 for r in rows)
+    # every step moved by the clipped norm times the learning rate, whatever the loss's scale
+    assert all(float(r["step_size"]) == pytest.approx(float(r["lr"]) * 2.0) for r in rows)
+    assert s["history"][0]["step_size_mean"] == pytest.approx(0.01 * 2.0)
     quiet = make_trainer(tmp_path / "q", max_grad_norm=1e6).fit()
     assert quiet["clip_fraction"] == 0.0
 

@@ -52,6 +52,8 @@ def test_config_modes_and_json_round_trip():
     assert TrainConfig.from_mode("FAST").mode == "fast"
     with pytest.raises(ValueError, match="expected one of fast, cpu, full"):
         TrainConfig.from_mode("bogus")
+    with pytest.raises(ValueError, match="loss_reduction must be"):
+        TrainConfig.from_mode("fast", loss_reduction="sum")
     with pytest.raises(ValueError, match="train_images must be a positive number"):
         TrainConfig.from_mode("fast", train_images=0)
     # a config written before the run mode had one name still loads
@@ -108,6 +110,8 @@ def test_fast_run_summary_and_same_seed_same_metrics(tmp_path):
                 "images_per_s", "epochs", "seed", "config", "clip_fraction"):
         assert key in a, key
     assert len(a["per_class_ap"]) == 20 and a["epochs"] == 3 and a["config"]["seed"] == 1
+    ref = a["reference"]  # the split's chance and prior lines travel with every result
+    assert 0 < ref["chance_mAP"] < 1 and ref["chance_draws"] == 200 and ref["prior_val_loss"] > 0
     assert a["params_trainable"] == a["params_total"]  # stage 3 trains everything
     assert (tmp_path / "a" / "summary.json").exists() and (tmp_path / "a" / "log.csv").exists()
     b = train_classifier(cfg.to_dict(), tmp_path / "b", progress=False)
