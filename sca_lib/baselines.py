@@ -22,9 +22,9 @@ import numpy as np
 import torch
 
 from .losses import masked_bce_with_logits
-from .metrics import mean_average_precision
+from .metrics import mean_average_precision, top1_accuracy
 
-__all__ = ["chance_map", "class_prior", "prior_logits", "prior_loss", "reference_lines", "labels_of"]
+__all__ = ["chance_map", "chance_top1", "class_prior", "prior_logits", "prior_loss", "reference_lines", "labels_of"]
 
 
 def _np(x: Any, dtype=None) -> np.ndarray:
@@ -39,6 +39,16 @@ def chance_map(targets: Any, ignore: Optional[Any] = None, draws: int = 200, see
     maps = np.array([mean_average_precision(rng.random(y.shape), y, ig) for _ in range(int(draws))])
     return {"mean": float(maps.mean()), "sd": float(maps.std(ddof=1)) if draws > 1 else 0.0,
             "max": float(maps.max()), "draws": int(draws)}
+
+
+def chance_top1(targets: Any, ignore: Optional[Any] = None) -> float:
+    """Expected top-1 accuracy of random scores (exact): for each image with a positive label, its
+    positives over its counted labels, averaged over those images."""
+    y = _np(targets, np.float64)
+    keep = np.ones_like(y, dtype=bool) if ignore is None else ~_np(ignore, bool)
+    pos = ((y > 0.5) & keep).sum(1)
+    have = pos > 0
+    return float((pos[have] / keep.sum(1)[have]).mean()) if have.any() else float("nan")
 
 
 def class_prior(targets: Any, ignore: Optional[Any] = None, eps: float = 1e-4) -> np.ndarray:
@@ -69,17 +79,18 @@ def reference_lines(train: Tuple[Any, Any], val: Tuple[Any, Any], draws: int = 2
     """Chance and prior numbers for a split, from ``(targets, ignore)`` of the train and val sets.
 
     Keys: ``chance_mAP`` (mean), ``chance_mAP_sd``, ``chance_mAP_max``, ``chance_draws``,
-    ``prior_mAP``, ``prior_val_loss`` (mAPs as fractions, like the metrics).
+    ``chance_top1``, ``prior_mAP``, ``prior_top1``, ``prior_val_loss`` (fractions, like the metrics).
     """
     (ty, tig), (vy, vig) = train, val
     chance = chance_map(vy, vig, draws=draws)
     logits = prior_logits(ty, tig)
     y = _np(vy, np.float64)
+    ig = None if vig is None else _np(vig, bool)
+    blind = np.broadcast_to(logits, y.shape)
     return {
         "chance_mAP": chance["mean"], "chance_mAP_sd": chance["sd"], "chance_mAP_max": chance["max"],
-        "chance_draws": chance["draws"],
-        "prior_mAP": float(mean_average_precision(np.broadcast_to(logits, y.shape), y,
-                                                  None if vig is None else _np(vig, bool))),
+        "chance_draws": chance["draws"], "chance_top1": chance_top1(y, ig),
+        "prior_mAP": float(mean_average_precision(blind, y, ig)), "prior_top1": float(top1_accuracy(blind, y, ig)),
         "prior_val_loss": prior_loss(ty, tig, vy, vig, reduction=reduction),
     }
 

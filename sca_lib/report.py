@@ -28,6 +28,7 @@ import seaborn as sns
 from ._io import atomic_write_text
 from .results import is_finished, load_results, upgrade_row
 from .spec import SPEC_KEYS
+from .stats import holm, mean_ci, paired_difference, paired_p_value, t_quantile
 from .studies import GRIDS, Study, build_grid, find_study
 
 __all__ = [
@@ -41,43 +42,12 @@ __all__ = [
     "ARTICLE_C11",
 ]
 
-# two-sided 95 % quantiles of Student's t, t(0.975, df), df = 1..30 (then the normal 1.96)
-_T975 = [12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160,
-         2.145, 2.131, 2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056,
-         2.052, 2.048, 2.045, 2.042]
-
 #: The article's claimed classification table (C11, Pascal VOC2012).
 ARTICLE_C11 = pd.DataFrame(
     [("vgg16", None, 78.2, 138, 15.5), ("vgg16", "dual", 82.1, 139, 15.7),
      ("resnet50", None, 81.3, 25.5, 4.1), ("resnet50", "dual", 84.7, 26.1, 4.3)],
     columns=["backbone", "attention", "article top-1 (%)", "article params (M)", "article FLOPs (G)"],
 )
-
-
-def t_quantile(df: int) -> float:
-    """t(0.975, df) for a two-sided 95 % interval."""
-    if df < 1:
-        return float("nan")
-    return _T975[df - 1] if df <= len(_T975) else 1.96
-
-
-def mean_ci(values: Sequence[float]) -> Tuple[float, float, float, int]:
-    """(mean, low, high, n) of a two-sided 95 % t-interval; one value gives an infinite interval."""
-    v = np.asarray([x for x in values if x is not None and not (isinstance(x, float) and math.isnan(x))], dtype=float)
-    n = len(v)
-    if n == 0:
-        return float("nan"), float("nan"), float("nan"), 0
-    m = float(v.mean())
-    if n == 1:
-        return m, float("-inf"), float("inf"), 1
-    half = t_quantile(n - 1) * float(v.std(ddof=1)) / math.sqrt(n)
-    return m, m - half, m + half, n
-
-
-def paired_difference(a: Dict[int, float], b: Dict[int, float]) -> Tuple[float, float, float, int]:
-    """Mean difference ``a - b`` over the seeds both have, with its 95 % t-interval."""
-    seeds = sorted(set(a) & set(b))
-    return mean_ci([a[s] - b[s] for s in seeds])
 
 
 def _grid_studies(grid: Optional[str]) -> Dict[str, List[str]]:

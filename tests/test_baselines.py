@@ -6,7 +6,7 @@ import torch
 from torch.utils.data import Subset, TensorDataset
 
 from sca_lib.backbones import build_classifier
-from sca_lib.baselines import chance_map, class_prior, labels_of, prior_logits, prior_loss, reference_lines
+from sca_lib.baselines import chance_map, chance_top1, class_prior, labels_of, prior_logits, prior_loss, reference_lines
 from sca_lib.batchnorm import recalibrate_batchnorm
 from sca_lib.groups import set_trainable
 from sca_lib.losses import masked_bce_with_logits
@@ -30,6 +30,16 @@ def test_chance_map_is_the_positive_rate_not_one_over_c():
     assert chance_map(y, ig, draws=1)["mean"] == pytest.approx(mean_average_precision(rng.random(y.shape), y, ig))
 
 
+def test_chance_top1_is_exact():
+    y = torch.tensor([[1.0, 0, 0, 0], [1, 1, 0, 0], [0, 0, 0, 0]])
+    ig = torch.tensor([[False, True, False, False], [False, False, False, False], [False] * 4])
+    assert chance_top1(y, ig) == pytest.approx((1 / 3 + 2 / 4) / 2)  # the image without positives is left out
+    rng = np.random.default_rng(0)
+    from sca_lib.metrics import top1_accuracy
+    sim = np.mean([top1_accuracy(rng.random(y.shape), y, ig) for _ in range(4000)])
+    assert sim == pytest.approx(chance_top1(y, ig), abs=0.02)
+
+
 def test_prior_is_the_training_frequency_and_no_constant_predictor_beats_its_loss():
     ty, tig = split(500, 1, rate=0.15)
     vy, vig = split(300, 2, rate=0.15)
@@ -48,7 +58,8 @@ def test_prior_is_the_training_frequency_and_no_constant_predictor_beats_its_los
 def test_reference_lines_keys_and_labels_of_every_data_set_kind():
     y, ig = split(40, 3)
     ref = reference_lines((y, ig), (y, ig), draws=5)
-    assert set(ref) == {"chance_mAP", "chance_mAP_sd", "chance_mAP_max", "chance_draws", "prior_mAP", "prior_val_loss"}
+    assert set(ref) == {"chance_mAP", "chance_mAP_sd", "chance_mAP_max", "chance_draws", "chance_top1", "prior_mAP",
+                        "prior_top1", "prior_val_loss"}
     ds = TensorDataset(torch.zeros(40, 1), y, ig)
     got_y, got_ig = labels_of(Subset(Subset(ds, list(range(10, 40))), [0, 5]))
     assert torch.equal(got_y, y[[10, 15]]) and torch.equal(got_ig, ig[[10, 15]])
