@@ -4,12 +4,16 @@
 ``fig_<study>.png`` from the ``*.jsonl`` files in that folder (written by :mod:`sca_lib.ablate`,
 read by :mod:`sca_lib.results`).
 
-Statistics: for each setting the mean over seeds with a two-sided 95 % t-interval
-(``mean +- t(0.975, n-1) * sd / sqrt(n)``); for each setting the difference against its study's
-reference (``Study.baseline``: the same backbone without attention, or the study's first setting),
-**paired by seed**, with its own t-interval. A difference whose interval contains zero is marked
-not significant. With 3 seeds, t(0.975, 2) = 4.30: intervals are wide, on purpose. Failed runs
-(diverged) are left out of every statistic and listed at the end of ``summary.md``.
+Statistics (:mod:`sca_lib.stats`): for each setting the mean over seeds with a two-sided 95 %
+t-interval; for each setting the difference against its study's reference (``Study.baseline``:
+the same backbone without attention, or the study's first setting), **paired by seed**, with its
+own t-interval. A grid that declares primary comparisons (``Grid.primary``) gets them Holm-corrected
+as one family and every other comparison as a second family; ``significant`` then means a Holm-
+adjusted p below 0.05. Grids without declared primaries (the earlier studies) keep the uncorrected
+rule: a difference whose 95 % interval excludes zero. Runs that recorded their split's reference
+lines (``row["reference"]``) add chance and prior rows to every table and lines to every figure,
+and a forest plot of every paired difference (``fig_forest.png``). Failed runs (diverged) are left
+out of every statistic and listed at the end of ``summary.md``.
 """
 
 from __future__ import annotations
@@ -32,6 +36,9 @@ from .stats import holm, mean_ci, paired_difference, paired_p_value, t_quantile
 from .studies import GRIDS, Study, build_grid, find_study
 
 __all__ = [
+    "correct",
+    "plot_forest",
+    "is_reference_row",
     "t_quantile",
     "mean_ci",
     "paired_difference",
@@ -56,6 +63,11 @@ def _grid_studies(grid: Optional[str]) -> Dict[str, List[str]]:
         return {}
     return {p["run_id"]: p["studies"] for p in build_grid(grid)}
 
+
+#: Reference lines a run's row may carry (``row["reference"]``, see :mod:`sca_lib.baselines`).
+_REFERENCE_KEYS = ("chance_mAP", "chance_mAP_sd", "chance_top1", "prior_mAP", "prior_top1")
+#: Table rows drawn from them, per metric: (setting label, column).
+_REFERENCE_ROWS = (("chance (random scores)", "chance_{metric}"), ("prior (image-blind)", "prior_{metric}"))
 
 #: The columns of :func:`results_frame` taken from a run's config.
 CONFIG_COLUMNS = ("backbone",) + SPEC_KEYS + ("schedule", "seed")
@@ -82,6 +94,9 @@ def results_frame(rows: List[Dict[str, Any]]) -> pd.DataFrame:
         base.update(run_id=r["run_id"], grid=grid, mAP=100 * float(r["mAP"]), top1=100 * float(r["top1"]),
                     params=r.get("params_total"), flops=r.get("flops"), wall_time_s=r.get("wall_time_s"),
                     images_per_s=r.get("images_per_s"), git_commit=r.get("git_commit"))
+        ref = r.get("reference")
+        if isinstance(ref, dict):  # chance and prior lines of the run's split (in percent)
+            base.update({k: 100 * float(ref[k]) for k in _REFERENCE_KEYS if ref.get(k) is not None})
         for study in studies:
             records.append({"study": study, **base})
     return pd.DataFrame(records)
@@ -131,7 +146,8 @@ def study_table(df: pd.DataFrame, study: str, metric: str = "mAP") -> pd.DataFra
         for setting in order:
             g = grp[grp.setting == setting]
             m, lo, hi, n = mean_ci(g[metric].tolist())
-            d, dlo, dhi, dn = paired_difference(g.set_index("seed")[metric].to_dict(), ref) if ref else (np.nan,) * 3 + (0,)
+            mine = g.set_index("seed")[metric].to_dict()
+            d, dlo, dhi, dn = paired_difference(mine, ref) if ref else (np.nan,) * 3 + (0,)
             is_ref = setting == ref_name
             out.append({
                 "study": study, "backbone": backbone, "setting": setting, "n seeds": n,
@@ -142,8 +158,51 @@ def study_table(df: pd.DataFrame, study: str, metric: str = "mAP") -> pd.DataFra
                 "params (M)": g["params"].iloc[0] / 1e6 if g["params"].notna().any() else np.nan,
                 "wall s/run": g["wall_time_s"].mean(),
                 "_ci": (lo, hi), "_dci": (dlo, dhi) if not is_ref and dn >= 2 else (np.nan, np.nan),
+                "_p": paired_p_value(mine, ref) if ref and not is_ref else np.nan,
+                "_diffs": {k: mine[k] - ref[k] for k in mine if k in ref} if ref and not is_ref else {},
             })
+        for label, col in _REFERENCE_ROWS:  # chance and prior lines, when the runs recorded them
+            col = col.format(metric=metric)
+            if col in grp and grp[col].notna().any():
+                v = grp[col].dropna()
+                sd = grp["chance_mAP_sd"].dropna().mean() if col == "chance_mAP" and "chance_mAP_sd" in grp else np.nan
+                out.append({"study": study, "backbone": backbone, "setting": label, "n seeds": "",
+                            f"{metric} mean": float(v.mean()),
+                            f"{metric} 95% CI": f"sd {sd:.1f}" if np.isfinite(sd) else "", "vs": "", "diff": np.nan,
+                            "diff 95% CI": "", "significant": "", "params (M)": np.nan, "wall s/run": np.nan,
+                            "_ci": (np.nan, np.nan), "_dci": (np.nan, np.nan), "_p": np.nan, "_diffs": {}})
     return pd.DataFrame(out)
+
+
+_HIDDEN = ["_ci", "_dci", "_p", "_diffs"]
+_CORRECTED = ["family", "p", "p (Holm)", "diff CI (Bonferroni)"]
+
+
+def is_reference_row(setting: str) -> bool:
+    """True for the chance and prior rows of a table (lines to compare with, not settings)."""
+    return any(setting == label for label, _ in _REFERENCE_ROWS)
+
+
+def correct(tables: Sequence[pd.DataFrame], primary: Sequence[Tuple[str, str]]) -> None:
+    """Holm-correct the comparisons of ``tables`` (one metric) in place, in two families.
+
+    The declared ``primary`` ``(study, setting)`` pairs form one family, every other comparison the
+    other. Each comparison gets ``family``, ``p`` (paired t-test), ``p (Holm)`` and the Bonferroni
+    interval of its family (level ``1 - 0.05 / m``); ``significant`` becomes ``p (Holm) < 0.05``.
+    """
+    primary = {tuple(p) for p in primary}
+    for t in tables:
+        for col in _CORRECTED:
+            t[col] = ""
+    cells = [(t, i) for t in tables for i in t.index if np.isfinite(t.at[i, "_p"])]
+    for family in ("primary", "secondary"):
+        members = [(t, i) for t, i in cells if ((t.at[i, "study"], t.at[i, "setting"]) in primary) == (family == "primary")]
+        adjusted = holm([t.at[i, "_p"] for t, i in members])
+        for (t, i), adj in zip(members, adjusted):
+            d = t.at[i, "_diffs"]
+            _, lo, hi, _ = paired_difference(d, {k: 0.0 for k in d}, level=1 - 0.05 / len(members))
+            t.loc[i, _CORRECTED] = [family, f"{t.at[i, '_p']:.3f}", f"{adj:.3f}", f"[{lo:.1f}, {hi:.1f}]"]
+            t.at[i, "significant"] = "yes" if adj < 0.05 else "no"
 
 
 def plot_study(df: pd.DataFrame, table: pd.DataFrame, study: str, metric: str = "mAP", title: str = ""):
@@ -153,6 +212,8 @@ def plot_study(df: pd.DataFrame, table: pd.DataFrame, study: str, metric: str = 
     st = _study(df, study)
     sub["setting"] = sub.apply(lambda r: _label(st, r), axis=1)
     sub["label"] = sub["backbone"] + "\n" + sub["setting"]
+    lines = table[table["setting"].map(is_reference_row)]
+    table = table[~table["setting"].map(is_reference_row)]
     table = table.assign(label=table["backbone"] + "\n" + table["setting"])
     order = table["label"].tolist()
     fig, axes = plt.subplots(1, 2, figsize=(max(8, 1.6 * len(order) + 4), 4.2))
@@ -161,6 +222,8 @@ def plot_study(df: pd.DataFrame, table: pd.DataFrame, study: str, metric: str = 
     means = table[f"{metric} mean"].to_numpy()
     axes[0].errorbar(range(len(order)), means, yerr=[means - lo, hi - means], fmt="o", color="tab:red",
                      capsize=5, label="mean, 95% CI")
+    for (_, row), style in zip(lines.drop_duplicates("setting").iterrows(), (":", "--")):
+        axes[0].axhline(row[f"{metric} mean"], color="0.3", ls=style, lw=1, label=row["setting"])
     axes[0].set_ylabel(f"{metric} (%)"); axes[0].set_xlabel(""); axes[0].set_title(f"{metric} per seed")
     axes[0].legend(loc="best", fontsize=8)
     rows = table[table["diff"].notna()]
@@ -183,8 +246,44 @@ def plot_study(df: pd.DataFrame, table: pd.DataFrame, study: str, metric: str = 
     return fig
 
 
+def plot_forest(tables: Sequence[pd.DataFrame], metric: str = "mAP", title: str = ""):
+    """Every paired difference of ``tables`` on one axis: point and interval (the family's Bonferroni
+    interval when corrected, else 95 %), green when significant, a zero line, and a grey band of
+    +-2 sd of chance mAP (how much a random ranking alone moves mAP) when the runs recorded it."""
+    rows, chance_sd = [], []
+    for t in tables:
+        if not len(t):
+            continue
+        for _, r in t.iterrows():
+            if r["setting"] == "chance (random scores)" and r[f"{metric} 95% CI"].startswith("sd "):
+                chance_sd.append(float(r[f"{metric} 95% CI"][3:]))
+            if pd.isna(r["diff"]):
+                continue
+            ci = r.get("diff CI (Bonferroni)") or ""
+            lo, hi = (float(v) for v in ci.strip("[]").split(", ")) if ci else r["_dci"]
+            rows.append((f"{r['study']} · {r['backbone']} · {r['setting']} vs {r['vs']}", r["diff"], lo, hi,
+                         r["significant"] == "yes", r.get("family", "")))
+    fig, ax = plt.subplots(figsize=(8, 0.35 * len(rows) + 1.6))
+    if chance_sd and metric == "mAP":
+        band = 2 * float(np.mean(chance_sd))
+        ax.axvspan(-band, band, color="0.9", label=f"+-2 sd of chance mAP ({band:.1f} points)")
+    for y, (label, d, lo, hi, sig, family) in enumerate(reversed(rows)):
+        ax.errorbar([d], [y], xerr=[[d - lo], [hi - d]] if np.isfinite(lo) else None, fmt="o",
+                    color="tab:green" if sig else "0.35", mfc="white" if family == "secondary" else None, capsize=3)
+    ax.axvline(0, color="k", lw=1)
+    ax.set_yticks(range(len(rows)), [r[0] for r in reversed(rows)], fontsize=7)
+    ax.set_xlabel(f"difference in {metric} (points)\nfilled: primary, open: secondary; green: significant after Holm")
+    ax.set_title(title or f"paired differences in {metric}")
+    if chance_sd and metric == "mAP":
+        ax.legend(fontsize=7, loc="lower right")
+    fig.tight_layout()
+    return fig
+
+
 def _md(table: pd.DataFrame, metric: str) -> str:
     cols = ["backbone", "setting", "n seeds", f"{metric} mean", f"{metric} 95% CI", "vs", "diff", "diff 95% CI", "significant"]
+    if "family" in table:  # Holm-corrected: the family, p-values and the family's Bonferroni interval
+        cols = cols[:-1] + _CORRECTED + ["significant"]
     t = table[cols].copy()
     t[f"{metric} mean"] = t[f"{metric} mean"].map(lambda v: f"{v:.1f}")
     t["diff"] = t["diff"].map(lambda v: "" if pd.isna(v) else f"{v:+.1f}")
@@ -229,12 +328,22 @@ def write_report(results_dir: Path, metrics: Sequence[str] = ("mAP", "top1"), fi
              + f"; commits {', '.join(commits)}. "
              f"Mean over seeds with a 95 % t-interval; `diff` is the paired-by-seed difference against `vs`. "
              f"Regenerate: `python -m sca_lib.report {results_dir.as_posix()}`.\n"]
+    primary = [p for g in sorted({r.get("grid") for r in finished if r.get("grid") in GRIDS}) for p in GRIDS[g].primary]
+    for study in studies:
+        for metric in metrics:
+            tables[f"{study}/{metric}"] = study_table(df, study, metric)
+    if primary:
+        for metric in metrics:
+            correct([t for k, t in tables.items() if k.endswith("/" + metric) and len(t)], primary)
+        lines.append(f"Primary comparisons, declared in the grid before running: "
+                     f"{', '.join(f'{a} {b}' for a, b in primary)}. Each family (primary; all others) is "
+                     f"Holm-corrected per metric; `significant` means `p (Holm)` < 0.05, and "
+                     f"`diff CI (Bonferroni)` is the family's simultaneous interval.\n")
     for study in studies:
         st = _study(df, study)
         question = st.question if st else ""
         for metric in metrics:
-            t = study_table(df, study, metric)
-            tables[f"{study}/{metric}"] = t
+            t = tables[f"{study}/{metric}"]
             if metric == metrics[0]:
                 lines.append(f"\n## {study}: {question}\n\n")
             lines.append(f"\n{metric} (%):\n\n" + _md(t, metric))
@@ -243,11 +352,16 @@ def write_report(results_dir: Path, metrics: Sequence[str] = ("mAP", "top1"), fi
                              f"{study}: {question} ({results_dir.name} grid)")
             fig.savefig(results_dir / f"fig_{study}.png", dpi=110)
             plt.close(fig)
+    if figures and primary:
+        fig = plot_forest([t for k, t in tables.items() if k.endswith("/" + metrics[0])], metrics[0],
+                          f"every paired difference ({results_dir.name} grid)")
+        fig.savefig(results_dir / "fig_forest.png", dpi=110)
+        plt.close(fig)
     if failed:
         lines.append(_failed_md(failed, sorted({r.get("grid") for r in failed if r.get("grid") in GRIDS})))
     atomic_write_text(results_dir / "summary.md", "".join(lines))
     if tables:
-        flat = pd.concat([t.drop(columns=["_ci", "_dci"]).assign(metric=k.split("/")[1]) for k, t in tables.items()],
+        flat = pd.concat([t.drop(columns=_HIDDEN).assign(metric=k.split("/")[1]) for k, t in tables.items()],
                          ignore_index=True)
     else:
         flat = pd.DataFrame(columns=["study", "backbone", "setting", "metric"])
@@ -256,7 +370,7 @@ def write_report(results_dir: Path, metrics: Sequence[str] = ("mAP", "top1"), fi
         for key, t in tables.items():
             if key.endswith("/" + metrics[0]):
                 print(f"\n{key}:")
-                print(t.drop(columns=["_ci", "_dci", "study"]).to_string(index=False, float_format=lambda v: f"{v:.2f}"))
+                print(t.drop(columns=_HIDDEN + ["study"]).to_string(index=False, float_format=lambda v: f"{v:.2f}"))
         for r in failed:
             print(f"failed: {r['run_id']} ({r.get('study')}, seed {r['config'].get('seed')}): {r.get('reason')}")
         print(f"\nwrote {results_dir / 'summary.md'}, summary.csv and {len(studies) if figures else 0} figure(s)")

@@ -61,7 +61,11 @@ class Grid:
     """A named ablation grid: the training mode its runs use, the seeds and the studies.
 
     ``quick=True`` marks the grid's configs with ``"quick": True`` (the training side's shorter
-    budget for the README's main job).
+    budget for the README's main job). ``primary`` declares, before anything runs, the primary
+    comparisons as ``(study, setting)`` pairs (a setting is compared with its study's baseline; e.g.
+    ``("variants", "dual")``). A grid that declares them needs at least 5 seeds; the report then
+    Holm-corrects the primary comparisons as one family and all other comparisons as another, and
+    calls a difference significant only after that correction.
     """
 
     name: str
@@ -70,6 +74,17 @@ class Grid:
     studies: Tuple[Study, ...]
     quick: bool = False
     description: str = ""
+    primary: Tuple[Tuple[str, str], ...] = ()
+
+    def __post_init__(self) -> None:
+        names = {s.name for s in self.studies}
+        unknown = [p for p in self.primary if p[0] not in names]
+        if unknown:
+            raise ValueError(f"grid {self.name!r}: primary comparisons {unknown} name studies it does not have "
+                             f"({', '.join(sorted(names))})")
+        if self.primary and len(self.seeds) < 5:
+            raise ValueError(f"grid {self.name!r} declares primary comparisons but has {len(self.seeds)} seeds; "
+                             f"primary comparisons need at least 5")
 
 
 _VARIANTS = ({"attention": None}, {"attention": "channel"}, {"attention": "spatial"}, {"attention": "dual"})

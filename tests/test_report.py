@@ -122,3 +122,57 @@ def test_only_the_runner_imports_the_report():
     for module in ("results", "studies"):
         assert "report" not in _imports(module), module
     assert "report" in _imports("ablate")
+
+
+# --- declared primary comparisons, Holm, reference lines ------------------------------------------
+
+def _tiny_grid(monkeypatch, seeds=(0, 1, 2, 3, 4)):
+    variants = studies.Study("variants", "which path?", "attention",
+                             ({"attention": None}, {"attention": "dual"}, {"attention": "channel"},
+                              {"attention": "spatial"}, {"attention": "lite"}), ("mobilenet_v3_small",),
+                             baseline="plain")
+    grid = studies.Grid("tiny", "fast", seeds, (variants,), primary=(("variants", "dual"),))
+    monkeypatch.setitem(studies.GRIDS, "tiny", grid)
+    return grid
+
+
+def test_a_grid_with_primary_comparisons_needs_five_seeds_and_known_studies():
+    v = studies.Study("variants", "q", "attention", ({"attention": None},), ("resnet18",), baseline="plain")
+    with pytest.raises(ValueError, match="at least 5"):
+        studies.Grid("g", "fast", (0, 1, 2), (v,), primary=(("variants", "dual"),))
+    with pytest.raises(ValueError, match="studies it does not have"):
+        studies.Grid("g", "fast", (0, 1, 2, 3, 4), (v,), primary=(("placement", "dual"),))
+
+
+def test_holm_decides_significance_and_an_uncorrected_secondary_p_is_not_enough(tmp_path, monkeypatch):
+    _tiny_grid(monkeypatch)
+    base = [0.50, 0.52, 0.54, 0.51, 0.53]
+    plus = lambda ds: [b + d for b, d in zip(base, ds)]  # noqa: E731
+    values = {None: base, "dual": plus([0.10] * 5),                       # primary, large and steady
+              "channel": plus([0.010, 0.014, 0.006, 0.0, 0.020]),         # secondary, p = 0.043 alone
+              "spatial": plus([0.0, 0.001, -0.001, 0.0, 0.0]), "lite": plus([0.0, 0.002, -0.002, 0.001, -0.001])}
+    rows = []
+    for attention, maps in values.items():
+        for seed, v in enumerate(maps):
+            cfg = studies.normalise({"mode": "fast", "backbone": "mobilenet_v3_small", "seed": seed, "attention": attention})
+            rows.append({"run_id": studies.config_hash(cfg), "study": "variants", "studies": ["variants"], "grid": "tiny",
+                         "config": cfg, "mAP": v, "top1": v, "git_commit": "abc", "status": "ok",
+                         "reference": {"chance_mAP": 0.10, "chance_mAP_sd": 0.005, "chance_top1": 0.08,
+                                       "prior_mAP": 0.11, "prior_top1": 0.12, "prior_val_loss": 5.5}})
+    _write(tmp_path / "runs.jsonl", rows)
+    tables = report.write_report(tmp_path, quiet=True)
+    t = tables["variants/mAP"].set_index("setting")
+    channel_p = float(t.loc["channel", "p"])
+    assert channel_p < 0.05 and float(t.loc["channel", "p (Holm)"]) >= 0.05   # 3 secondaries: Holm x3
+    assert t.loc["channel", "family"] == "secondary" and t.loc["channel", "significant"] == "no"
+    assert t.loc["dual", "family"] == "primary" and t.loc["dual", "significant"] == "yes"
+    # the chance and prior lines are rows of every table (and in percent)
+    assert t.loc["chance (random scores)", "mAP mean"] == pytest.approx(10.0)
+    assert t.loc["prior (image-blind)", "mAP mean"] == pytest.approx(11.0)
+    assert tables["variants/top1"].set_index("setting").loc["prior (image-blind)", "top1 mean"] == pytest.approx(12.0)
+    md = (tmp_path / "summary.md").read_text()
+    assert "Primary comparisons, declared in the grid before running: variants dual" in md
+    assert "chance (random scores)" in md and "p (Holm)" in md
+    assert (tmp_path / "fig_forest.png").exists() and (tmp_path / "fig_variants.png").exists()
+    csv = pd.read_csv(tmp_path / "summary.csv")
+    assert "p (Holm)" in csv.columns and not any(c.startswith("_") for c in csv.columns)
