@@ -119,10 +119,12 @@ _SMALL = ("mobilenet_v3_small",)
 #: The named ablation grids.
 GRIDS: Dict[str, Grid] = {
     "fast": Grid(
-        "fast", "fast", (0, 1),
+        "fast", "fast", (0, 1, 2, 3, 4),
         (Study("variants", "plumbing check", "attention", ({"attention": None}, {"attention": "dual"}), _SMALL,
                baseline="plain"),),
-        description="CI plumbing check: 2 variants x 2 seeds in the fast training mode.",
+        description="CI plumbing check, a tiny version of a study: 2 variants x 5 seeds in the fast training "
+                    "mode, dual vs none declared primary.",
+        primary=(("variants", "dual"),),
     ),
     "quick": Grid(
         "quick", "cpu", (0, 1, 2),

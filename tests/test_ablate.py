@@ -34,7 +34,7 @@ def test_grid_is_deterministic_and_deduplicates_shared_configs():
     assert {s for p in g1 for s in p["studies"]} == {"variants", "variants_single", "placement", "reduction",
                                                      "strength", "dropout", "schedule", "init"}
     assert all(p["config"]["seed"] in (0, 1, 2) for p in g1)
-    assert [len(studies.build_grid(g)) for g in ("fast", "quick", "cpu", "full")] == [4, 12, 57, 69]
+    assert [len(studies.build_grid(g)) for g in ("fast", "quick", "cpu", "full")] == [10, 12, 57, 69]
 
 
 def test_grid_configs_follow_the_training_contract():
@@ -81,7 +81,7 @@ def test_skip_finished_runs_and_no_duplicates(tmp_path):
     calls = []
     rows = ablate.run_grid("fast", tmp_path / "res", tmp_path / "runs", train_fn=fake_train(calls), progress=False)
     n = len(studies.build_grid("fast"))
-    assert len(rows) == len(calls) == n == 4
+    assert len(rows) == len(calls) == n == 10
     calls.clear()
     rows = ablate.run_grid("fast", tmp_path / "res", tmp_path / "runs", train_fn=fake_train(calls), progress=False)
     assert calls == [] and len(rows) == n
@@ -108,7 +108,7 @@ def test_interrupted_grid_finishes_where_it_stopped(tmp_path):
     assert len(load_results(tmp_path)) == 2
     calls.clear()
     rows = ablate.run_grid("fast", tmp_path, tmp_path / "runs", train_fn=train, progress=False)
-    assert len(calls) == 2 and len(rows) == 4
+    assert len(calls) == 8 and len(rows) == 10
 
 
 def test_a_partial_last_line_loses_no_row(tmp_path, capsys):
@@ -126,7 +126,7 @@ def test_a_partial_last_line_loses_no_row(tmp_path, capsys):
     with open(tmp_path / "runs.jsonl", "a") as f:
         f.write('{"run_id": "abc", "conf')  # the kill cut this row short
     rows = ablate.run_grid("fast", tmp_path, tmp_path / "runs", train_fn=train, progress=False)
-    assert len(rows) == 4 and sorted(r["run_id"] for r in rows) == sorted(p["run_id"] for p in studies.build_grid("fast"))
+    assert len(rows) == 10 and sorted(r["run_id"] for r in rows) == sorted(p["run_id"] for p in studies.build_grid("fast"))
     lines = (tmp_path / "runs.jsonl").read_text().split("\n")
     assert lines[2] == '{"run_id": "abc", "conf'  # set aside, left as it was
     assert f"{tmp_path / 'runs.jsonl'}:3" in capsys.readouterr().err
@@ -144,7 +144,7 @@ def test_a_diverging_run_is_recorded_as_failed_and_the_grid_goes_on(tmp_path):
         return train(config, out_dir)
 
     rows = ablate.run_grid("fast", tmp_path, tmp_path / "runs", train_fn=diverges, progress=False)
-    assert len(rows) == 4 and len(calls) == 4
+    assert len(rows) == 10 and len(calls) == 10
     failed = [r for r in rows if not is_finished(r)]
     assert [r["run_id"] for r in failed] == [bad["run_id"]]
     assert failed[0]["status"] == "failed" and "loss is nan" in failed[0]["reason"]
@@ -152,7 +152,7 @@ def test_a_diverging_run_is_recorded_as_failed_and_the_grid_goes_on(tmp_path):
     ablate.run_grid("fast", tmp_path, tmp_path / "runs", train_fn=diverges, progress=False)
     assert calls == []
     rows = ablate.run_grid("fast", tmp_path, tmp_path / "runs", train_fn=train, progress=False, retry_failed=True)
-    assert len(calls) == 1 and all(is_finished(r) for r in rows) and len(rows) == 4  # ... unless asked to
+    assert len(calls) == 1 and all(is_finished(r) for r in rows) and len(rows) == 10  # ... unless asked to
 
 
 def test_shards_cover_the_grid_once_and_merge(tmp_path):
@@ -165,8 +165,8 @@ def test_shards_cover_the_grid_once_and_merge(tmp_path):
     ids = [json.loads(l)["run_id"] for f in files for l in f.read_text().splitlines()]
     assert sorted(ids) == sorted(p["run_id"] for p in studies.build_grid("fast"))
     out = tmp_path / "merged" / "runs.jsonl"
-    assert merge_results(files + files, out) == 4  # duplicates dropped
-    assert len(load_results(out.parent)) == 4
+    assert merge_results(files + files, out) == 10  # duplicates dropped
+    assert len(load_results(out.parent)) == 10
     with pytest.raises(FileNotFoundError, match="results file not found"):
         merge_results([tmp_path / "nope.jsonl"], out)
 
@@ -189,22 +189,22 @@ def test_command_line(tmp_path, monkeypatch, capsys):
     res = tmp_path / "res"
     assert ablate.main(["--grid", "fast", "--results-dir", str(res), "--runs-dir", str(tmp_path / "runs"),
                         "--shard", "0/2", "--no-report"]) == 0
-    assert "grid finished: 2 runs" in capsys.readouterr().out
+    assert "grid finished: 5 runs" in capsys.readouterr().out
     assert ablate.main(["--grid", "fast", "--results-dir", str(res), "--dry-run"]) == 0
     out = capsys.readouterr().out.splitlines()
-    assert len(out) == 4 and sum(line.startswith("done") for line in out) == 2
+    assert len(out) == 10 and sum(line.startswith("done") for line in out) == 5
     assert all(f"'{k}'" in out[0] for k in SPEC_KEYS if k != "attention")  # every attention setting listed
     with pytest.raises(SystemExit):
         ablate.main(["--preset", "fast"])  # the grid is --grid now
     capsys.readouterr()
     assert ablate.main(["merge", *map(str, res.glob("*.jsonl")), "--out", str(tmp_path / "m.jsonl")]) == 0
-    assert "merged 2 runs" in capsys.readouterr().out
+    assert "merged 5 runs" in capsys.readouterr().out
 
 
 def test_fast_grid_end_to_end_with_the_real_engine(tmp_path):
     """The runner drives the real training engine: finished runs have metrics and are skipped on rerun."""
     rows = ablate.run_grid("fast", tmp_path / "res", tmp_path / "runs", progress=False)
-    assert len(rows) == 4
+    assert len(rows) == 10
     for r in rows:
         assert 0.0 <= r["mAP"] <= 1.0 and 0.0 <= r["top1"] <= 1.0 and len(r["per_class_ap"]) == 20
         assert r["params_total"] > 0 and r["flops"] > 0 and r["images_per_s"] > 0
@@ -215,3 +215,12 @@ def test_fast_grid_end_to_end_with_the_real_engine(tmp_path):
     calls = []
     again = ablate.run_grid("fast", tmp_path / "res", tmp_path / "runs", progress=False, train_fn=fake_train(calls))
     assert calls == [] and [r["run_id"] for r in again] == [r["run_id"] for r in rows]
+    # the tiny study's report: chance and prior lines from the runs, the declared primary comparison corrected
+    from sca_lib import report
+
+    tables = report.write_report(tmp_path / "res", figures=False, quiet=True)
+    t = tables["variants/mAP"].set_index("setting")
+    assert {"chance (random scores)", "prior (image-blind)"} <= set(t.index)
+    assert 0 < t.loc["chance (random scores)", "mAP mean"] < 100
+    assert t.loc["dual", "family"] == "primary" and t.loc["dual", "p (Holm)"] != ""
+    assert t.loc["dual", "significant"] == ("yes" if float(t.loc["dual", "p (Holm)"]) < 0.05 else "no")
