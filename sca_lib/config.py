@@ -24,7 +24,7 @@ from typing import Optional
 import torch
 
 __all__ = ["MODES", "get_mode", "check_mode", "default_device", "repo_root", "output_root", "data_dir",
-           "results_dir", "runs_dir"]
+           "results_dir", "runs_dir", "display_path"]
 
 MODES = ("fast", "cpu", "full")
 
@@ -85,3 +85,14 @@ def results_dir(name: str = "") -> Path:
 def runs_dir(name: str = "") -> Path:
     """``output_root()/runs/<name>``: checkpoints and logs of training runs (never committed)."""
     return output_root() / "runs" / name if name else output_root() / "runs"
+
+
+def display_path(path: Optional[str]) -> Optional[str]:
+    """``path`` relative to the repository when it lies inside it (for files that get committed), else as given."""
+    root = repo_root()
+    if path is None or root is None or not Path(path).is_absolute():
+        return path
+    try:
+        return str(Path(path).resolve().relative_to(root))
+    except ValueError:
+        return str(path)

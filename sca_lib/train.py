@@ -38,8 +38,9 @@ from ._io import atomic_write_text, json_hash, jsonable
 from .attention import attention_modules, init_attention_
 from .backbones import build_classifier
 from .baselines import labels_of, reference_lines
+from .batchnorm import recalibrate_batchnorm
 from .groups import parameter_groups, set_trainable
-from .config import MODES, check_mode, data_dir, repo_root, runs_dir
+from .config import MODES, check_mode, data_dir, display_path, runs_dir
 from .data import VOCClassification, classification_transforms
 from .data import CachedImages
 from .distributed import init_distributed
@@ -50,7 +51,7 @@ from .schedule import Stage, schedule_from_dicts, single_stage_schedule, staged_
 from .spec import SPEC_KEYS, AttentionSpec
 from .standin import pretrain_standin, synthetic_devkit
 
-__all__ = ["TrainConfig", "MODE_DEFAULTS", "QUICK_STAGE_EPOCHS", "train_classifier", "train_from_config",
+__all__ = ["TrainConfig", "MODE_DEFAULTS", "SCHEDULES", "QUICK_STAGE_EPOCHS", "train_classifier", "train_from_config",
            "build_schedule", "build_model", "build_datasets", "main"]
 
 #: What each run mode sets; everything else keeps the :class:`TrainConfig` defaults.
@@ -62,6 +63,9 @@ MODE_DEFAULTS: Dict[str, Dict[str, Any]] = {
     "full": dict(dataset="voc", image_size=224, batch_size=64, stage_epochs=(5, 10, 15), weights="DEFAULT",
                  backbone="resnet50", cache_images=False, num_workers=8),
 }
+
+#: Named schedules: the article's recipe, one stage, and the two controls (see :class:`TrainConfig`).
+SCHEDULES = ("staged", "single", "staged_constant", "probe")
 
 #: ``quick=True`` (the README's short ablation): the mode's settings with these stage lengths.
 QUICK_STAGE_EPOCHS = (2, 3, 3)
@@ -78,7 +82,13 @@ class TrainConfig:
     is turned into one; :meth:`from_mode` also takes the spec's fields as flat keywords).
     Schedule: ``"staged"`` is C6 (``stage_epochs``, ``stage_lrs``; stage 1 attention + head, stage
     2 + late backbone, stage 3 everything); ``"single"`` trains the whole network at ``single_lr``
-    for the same number of epochs; a list of stage dicts gives any schedule.
+    for the same number of epochs; the controls that separate the recipe's causes are
+    ``"staged_constant"`` (the same three stages, every one at ``single_lr``: staging without the
+    decaying LR) and ``"probe"`` (only the new head trains, at ``single_lr``, for the same number of
+    epochs: a linear probe of the frozen pretrained features); a list of stage dicts gives any schedule.
+    BatchNorm: ``bn_policy="reestimate"`` recomputes the running statistics of every trainable
+    BatchNorm over the training set after the last epoch and evaluates again (the summary keeps the
+    metrics before it as ``*_before_bn``); ``"keep"`` evaluates with the statistics training left.
     Data: ``dataset="synthetic"`` (the devkit of the mode's size under ``data_root``, default the
     data dir) or ``"voc"`` (real VOC2012 under ``data_root``); ``train_images`` / ``val_images``
     keep the first N images. Weights: ``"standin"``, ``"DEFAULT"`` (ImageNet), None or a path.
@@ -90,6 +100,7 @@ class TrainConfig:
     backbone: str = "mobilenet_v3_small"
     attention: AttentionSpec = field(default_factory=lambda: AttentionSpec("dual"))
     schedule: Union[str, List[Dict[str, Any]]] = "staged"
+    bn_policy: str = "keep"
     stage_epochs: Tuple[int, int, int] = (4, 5, 5)
     stage_lrs: Tuple[float, float, float] = (0.01, 0.001, 0.0001)
     single_lr: float = 0.01
@@ -127,8 +138,11 @@ class TrainConfig:
             raise ValueError(f"dataset must be 'synthetic' or 'voc', got {self.dataset!r}")
         if self.dataset == "synthetic" and self.mode == "full":
             raise ValueError("the synthetic devkit has fast and cpu sizes only; mode 'full' uses dataset='voc'")
-        if isinstance(self.schedule, str) and self.schedule not in ("staged", "single"):
-            raise ValueError(f"schedule must be 'staged', 'single' or a list of stage dicts, got {self.schedule!r}")
+        if isinstance(self.schedule, str) and self.schedule not in SCHEDULES:
+            raise ValueError(f"schedule must be one of {', '.join(SCHEDULES)} or a list of stage dicts, "
+                             f"got {self.schedule!r}")
+        if self.bn_policy not in ("keep", "reestimate"):
+            raise ValueError(f"bn_policy must be 'keep' or 'reestimate', got {self.bn_policy!r}")
         for name in ("train_images", "val_images"):
             n = getattr(self, name)
             if n is not None and (isinstance(n, bool) or int(n) < 1):
@@ -180,8 +194,13 @@ def build_schedule(config: TrainConfig) -> List[Stage]:
     """The config's schedule as a list of :class:`~sca_lib.schedule.Stage`."""
     if isinstance(config.schedule, list):
         return schedule_from_dicts(config.schedule)
+    total = sum(config.stage_epochs)
     if config.schedule == "single":
-        return single_stage_schedule(sum(config.stage_epochs), config.single_lr)
+        return single_stage_schedule(total, config.single_lr)
+    if config.schedule == "probe":
+        return single_stage_schedule(total, config.single_lr, groups=("head",), name="linear probe")
+    if config.schedule == "staged_constant":
+        return staged_schedule(config.stage_epochs, (config.single_lr,) * 3)
     return staged_schedule(config.stage_epochs, config.stage_lrs)
 
 
@@ -233,17 +252,6 @@ def build_model(config: TrainConfig, num_classes: int = 20, weights: Optional[st
     return model
 
 
-def _display_path(path: Optional[str]) -> Optional[str]:
-    """A weights path relative to the repository when it lies inside it (summaries get committed)."""
-    root = repo_root()
-    if path is None or root is None or not Path(path).is_absolute():
-        return path
-    try:
-        return str(Path(path).resolve().relative_to(root))
-    except ValueError:
-        return str(path)
-
-
 def train_classifier(config: Union[TrainConfig, Dict[str, Any]], out_dir: Union[str, Path],
                      resume: bool = True, progress: bool = True, callbacks: Sequence[Any] = (),
                      device: Optional[str] = None, loss_fn: Optional[Any] = None) -> Dict[str, Any]:
@@ -285,9 +293,11 @@ def train_classifier(config: Union[TrainConfig, Dict[str, Any]], out_dir: Union[
     )
     setup_s = time.perf_counter() - t0
     summary = trainer.fit(resume=resume)
+    if cfg.bn_policy == "reestimate":
+        summary.update(_reestimate_and_evaluate(trainer, cfg))
     summary.update({
         "classes": list(classes), "params_total": params_total, "params_trainable": trainer.trainable_parameters(),
-        "flops": flops, "seed": cfg.seed, "setup_time_s": setup_s, "weights": _display_path(weights),
+        "flops": flops, "seed": cfg.seed, "setup_time_s": setup_s, "weights": display_path(weights),
         "threads": torch.get_num_threads(), "session_time_s": time.perf_counter() - t0, "config": cfg.to_dict(),
         # chance and prior on this split (the prior's loss in the training loss's reduction)
         "reference": reference_lines(labels_of(train_set), labels_of(val_set), reduction=cfg.loss_reduction),
@@ -296,6 +306,19 @@ def train_classifier(config: Union[TrainConfig, Dict[str, Any]], out_dir: Union[
         slim = {k: v for k, v in summary.items() if k != "history"}
         atomic_write_text(out_dir / "summary.json", json.dumps(jsonable(slim), indent=1) + "\n")
     return summary
+
+
+def _reestimate_and_evaluate(trainer: Trainer, cfg: TrainConfig) -> Dict[str, Any]:
+    """Re-estimate the trainable BatchNorm layers over the training set, evaluate again; the new
+    metrics, with the ones before as ``mAP_before_bn``, ``top1_before_bn``, ``val_loss_before_bn``."""
+    last = next((r for r in reversed(trainer.history) if "metrics" in r), {})
+    torch.manual_seed(cfg.seed)  # the cached set's random flips: the same statistics on every call
+    set_trainable(trainer.model, trainer.stages[-1].groups)  # the last stage's frozen BNs stay frozen
+    recalibrate_batchnorm(trainer.model, trainer.train_set, batch_size=cfg.batch_size)
+    m = trainer.evaluate()
+    m["val_loss"] = m.pop("loss")
+    return {**m, "mAP_before_bn": last.get("mAP"), "top1_before_bn": last.get("top1"),
+            "val_loss_before_bn": last.get("val_loss")}
 
 
 def train_from_config(config: Dict[str, Any], out_dir: Union[str, Path]) -> Dict[str, Any]:
@@ -314,7 +337,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--mode", default="cpu", type=str.lower, choices=MODES, help="run mode (default cpu)")
     p.add_argument("--backbone", default=None, help="default: the mode's (mobilenet_v3_small; resnet50 for full)")
     AttentionSpec.add_arguments(p)
-    p.add_argument("--schedule", default="staged", choices=["staged", "single"])
+    p.add_argument("--schedule", default="staged", choices=SCHEDULES)
+    p.add_argument("--bn-policy", default=None, choices=["keep", "reestimate"],
+                   help="re-estimate trainable BatchNorm statistics before the final evaluation (default keep)")
     p.add_argument("--stage-epochs", default=None, help="three stage lengths, e.g. 5,10,15")
     p.add_argument("--single-lr", type=float, default=None, help="learning rate of --schedule single (0.01)")
     p.add_argument("--image-size", type=int, default=None)
@@ -340,7 +365,7 @@ def _parser() -> argparse.ArgumentParser:
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
     over: Dict[str, Any] = {k: getattr(args, k) for k in (
         "backbone", "image_size", "batch_size", "data_root", "train_images", "val_images", "num_workers", "single_lr",
-        "loss_reduction")
+        "loss_reduction", "bn_policy")
         if getattr(args, k) is not None}
     if args.weights is not None:
         over["weights"] = None if args.weights.lower() == "none" else args.weights

@@ -61,6 +61,30 @@ def test_config_modes_and_json_round_trip():
     assert TrainConfig.from_dict({**legacy, "preset": "fast", "data_preset": "fast", "nan_at_step": None}) == cfg
 
 
+def test_the_control_schedules():
+    probe = build_schedule(TrainConfig.from_mode("cpu", schedule="probe"))
+    assert len(probe) == 1 and probe[0].groups == ("head",) and probe[0].epochs == 14 and probe[0].lr == 0.01
+    const = build_schedule(TrainConfig.from_mode("cpu", schedule="staged_constant", single_lr=0.02))
+    assert [s.lr for s in const] == [0.02] * 3
+    assert [s.groups for s in const] == [s.groups for s in build_schedule(TrainConfig.from_mode("cpu"))]
+    with pytest.raises(ValueError, match="schedule must be one of"):
+        TrainConfig.from_mode("cpu", schedule="cosine")
+    with pytest.raises(ValueError, match="bn_policy must be"):
+        TrainConfig.from_mode("cpu", bn_policy="reset")
+
+
+def test_bn_reestimation_policy_evaluates_again_and_keeps_the_first_metrics(tmp_path):
+    cfg = TrainConfig.from_mode("fast", attention="dual", seed=1)
+    kept = train_classifier(cfg, tmp_path / "keep", progress=False)
+    re = train_classifier(TrainConfig.from_mode("fast", attention="dual", seed=1, bn_policy="reestimate"),
+                          tmp_path / "re", progress=False)
+    assert re["mAP_before_bn"] == kept["mAP"] and re["val_loss_before_bn"] == kept["val_loss"]
+    assert re["val_loss"] != kept["val_loss"] and "loss" not in re
+    again = train_classifier(TrainConfig.from_mode("fast", attention="dual", seed=1, bn_policy="reestimate"),
+                             tmp_path / "re", progress=False)  # a finished run: the same numbers again
+    assert (again["mAP"], again["val_loss"]) == (re["mAP"], re["val_loss"])
+
+
 def test_staged_and_single_schedules():
     staged = build_schedule(TrainConfig.from_mode("cpu"))
     assert [s.groups for s in staged][0] == ("attention", "head")
