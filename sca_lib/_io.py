@@ -26,6 +26,9 @@ from pathlib import Path
 from typing import Any, Iterator, List, Optional, Union
 
 import numpy as np
+import torch
+
+from .config import repo_root
 
 PathLike = Union[str, Path]
 
@@ -55,8 +58,6 @@ def atomic_write_text(path: PathLike, text: str) -> None:
 
 def atomic_save(obj: Any, path: PathLike) -> None:
     """``torch.save`` to ``path`` atomically: a kill at any moment leaves the old file or the new one."""
-    import torch
-
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = temp_name(path)
@@ -168,8 +169,6 @@ def json_hash(obj: Any, length: int = 12) -> str:
 def git_commit(cwd: Optional[PathLike] = None) -> str:
     """The current commit of the checkout at ``cwd`` (``+dirty`` when it has uncommitted changes),
     or ``"unknown"`` outside a git checkout."""
-    from .config import repo_root
-
     where = cwd or repo_root()
     if where is None:
         return "unknown"

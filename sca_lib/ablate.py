@@ -164,7 +164,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         return _merge_main(argv[1:])
     ap = argparse.ArgumentParser(prog="python -m sca_lib.ablate", description="Train the points of an ablation grid "
                                  "that are not done yet (rerun to resume; --shard to split; `merge` to join files).")
-    ap.add_argument("--grid", default="quick", choices=list(GRIDS),
+    ap.add_argument("--grid", default="quick", type=str.lower, choices=list(GRIDS),
                     help="(default quick) " + "; ".join(f"{g.name}: {g.description.rstrip('.')}" for g in GRIDS.values()))
     ap.add_argument("--only", default=None, help="comma-separated studies, e.g. variants,placement")
     ap.add_argument("--shard", default=None, help="i/n: run every n-th grid point starting at i")
@@ -176,17 +176,24 @@ def main(argv: Optional[List[str]] = None) -> int:
     ap.add_argument("--no-report", action="store_true", help="skip the summary table and figures")
     a = ap.parse_args(argv)
     only = a.only.split(",") if a.only else None
-    seeds = [int(s) for s in a.seeds.split(",")] if a.seeds else None
+    try:
+        seeds = [int(s) for s in a.seeds.split(",")] if a.seeds else None
+    except ValueError:
+        ap.error(f"--seeds expects comma-separated integers, e.g. 0,1,2; got {a.seeds!r}")
     try:
         shard = parse_shard(a.shard)
     except ValueError as e:
         ap.error(str(e))
     results_dir = a.results_dir or _config.results_dir(a.grid)
-    if a.dry_run:
-        _dry_run(a.grid, results_dir, only, seeds, shard)
-        return 0
-    start = time.time()
-    rows = run_grid(a.grid, results_dir, a.runs_dir, only, shard, seeds, retry_failed=a.retry_failed)
+    try:
+        if a.dry_run:
+            _dry_run(a.grid, results_dir, only, seeds, shard)
+            return 0
+        start = time.time()
+        rows = run_grid(a.grid, results_dir, a.runs_dir, only, shard, seeds, retry_failed=a.retry_failed)
+    except ValueError as e:  # a bad --only or setting: the reason, no traceback
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     failed = [r for r in rows if not is_finished(r)]
     print(f"grid finished: {len(rows) - len(failed)} runs in {results_dir}"
           + (f", {len(failed)} failed (listed by the report; --retry-failed tries them again)" if failed else "")

@@ -27,6 +27,8 @@ training: :mod:`sca_lib.groups`. ``model.sca_config`` records what was built (se
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import os
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -48,6 +50,7 @@ __all__ = [
     "list_backbones",
     "list_placements",
     "default_placement",
+    "normalise_spec",
 ]
 
 WeightsArg = Union[None, str, "os.PathLike[str]", WeightsEnum, Mapping[str, torch.Tensor]]
@@ -103,9 +106,33 @@ def list_placements(backbone: str) -> Dict[str, str]:
     return {n: p.description for n, p in _places(_backbone(backbone)).items() if p.kind != "invalid"}
 
 
+@functools.lru_cache(maxsize=None)
+def _placement_names(name: str) -> Tuple[str, ...]:
+    return tuple(list_placements(name))
+
+
 def default_placement(backbone: str) -> str:
     """The article's placement for ``backbone`` (used when ``placement=None``)."""
     return _backbone(backbone).default_placement
+
+
+def normalise_spec(spec: AttentionSpec, backbone: str) -> AttentionSpec:
+    """``spec`` checked against ``backbone`` and with its defaults made explicit, so equal models
+    compare and hash equal: a plain model carries no knobs; an attention model's placement ``None``
+    becomes the backbone's default placement and its reduction ``None`` the module's default.
+    Unknown backbones and placement names raise ValueError listing the valid ones."""
+    bb = _backbone(backbone)
+    if spec.kind is None:
+        return AttentionSpec()
+    names = [spec.placement] if isinstance(spec.placement, str) else list(spec.placement or [])
+    valid = _placement_names(bb.name)
+    unknown = [n for n in names if n not in valid]
+    if unknown:
+        raise ValueError(f"unknown placement(s) {unknown} for {bb.name}; expected names from "
+                         f"sca_lib.backbones.list_placements({bb.name!r}): {', '.join(valid)}")
+    return dataclasses.replace(
+        spec, placement=spec.placement if spec.placement is not None else bb.default_placement,
+        reduction=spec.reduction if spec.reduction is not None else default_reduction(spec.kind))
 
 
 # --------------------------------------------------------------------------------------------

@@ -20,6 +20,7 @@ from typing import Any, Dict, Optional, Tuple
 
 import numpy as np
 import torch
+from torch.utils.data import Subset
 
 from .losses import masked_bce_with_logits
 from .metrics import mean_average_precision, top1_accuracy
@@ -101,8 +102,6 @@ def labels_of(dataset: Any) -> Tuple[torch.Tensor, torch.Tensor]:
     Reads ``CachedImages.targets/.ignore`` or ``VOCClassification.labels`` (1 / 0 / -1; a ``Subset``
     of either is followed to its indices); any other data set is iterated.
     """
-    from torch.utils.data import Subset
-
     idx = None
     while isinstance(dataset, Subset):
         idx = list(dataset.indices) if idx is None else [dataset.indices[i] for i in idx]

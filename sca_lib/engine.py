@@ -31,7 +31,9 @@ import numpy as np
 import torch
 import torch.distributed as dist
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel as DDP
 from torch.utils.data import DataLoader, Dataset, Subset
+from torch.utils.data.distributed import DistributedSampler
 
 from ._io import atomic_write_csv, atomic_write_text, clean_stale_temp, jsonable
 from .batchnorm import freeze_frozen_bn
@@ -137,8 +139,6 @@ class Trainer:
         self.loader_gen = torch.Generator().manual_seed(self.seed)
         self.sampler = None
         if self.dist.distributed:
-            from torch.utils.data.distributed import DistributedSampler
-
             self.sampler = DistributedSampler(train_set, num_replicas=self.dist.world_size, rank=self.dist.rank,
                                               shuffle=True, seed=self.seed, drop_last=False)
         per_rank = len(train_set) // self.dist.world_size  # type: ignore[arg-type]
@@ -200,8 +200,6 @@ class Trainer:
                              f"parameter; check the model's parameter groups (sizes: {sizes})")
         self.ddp_model = self.model
         if self.dist.distributed:  # DDP hooks the parameters that require grad *now*: re-wrap per stage
-            from torch.nn.parallel import DistributedDataParallel as DDP
-
             self.ddp_model = DDP(self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
         self.current_stage = idx
 

@@ -24,6 +24,7 @@ import time
 from pathlib import Path
 from typing import Iterable, List, Optional
 
+from ._io import atomic_write_text
 from .config import get_mode, repo_root
 
 __all__ = [
@@ -88,9 +89,7 @@ def _load(path: Path) -> dict:
 
 
 def _save(path: Path, nb: dict) -> None:
-    tmp = Path(str(path) + ".tmp")
-    tmp.write_text(json.dumps(nb, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
+    atomic_write_text(path, json.dumps(nb, indent=1, ensure_ascii=False) + "\n")
 
 
 #: PNG outputs larger than this are re-encoded with a 256-colour palette by `clean` (plots stay readable,

@@ -382,7 +382,11 @@ def main(argv: Optional[List[str]] = None) -> int:
     ap.add_argument("results_dir", type=Path, help="a folder with *.jsonl results, e.g. results/cpu")
     ap.add_argument("--no-figures", action="store_true")
     a = ap.parse_args(argv)
-    write_report(a.results_dir, figures=not a.no_figures)
+    try:
+        write_report(a.results_dir, figures=not a.no_figures)
+    except (FileNotFoundError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     return 0
 
 

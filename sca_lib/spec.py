@@ -18,6 +18,8 @@ import numbers
 from dataclasses import dataclass, field
 from typing import Any, Dict, Mapping, Optional, Tuple, Union
 
+from .attention import list_attentions
+
 __all__ = ["AttentionSpec", "SPEC_KEYS"]
 
 
@@ -78,6 +80,9 @@ class AttentionSpec:
             set_(self, "kind", self.kind.strip().lower())
             if self.kind in ("none", "plain", ""):
                 set_(self, "kind", None)
+            elif self.kind not in list_attentions():
+                raise ValueError(f"unknown attention {self.kind!r}; expected one of {', '.join(list_attentions())} "
+                                 f"or None (a plain model)")
         if isinstance(self.placement, list):
             set_(self, "placement", tuple(self.placement))
         if isinstance(self.placement, tuple) and len(self.placement) == 1:
@@ -94,6 +99,12 @@ class AttentionSpec:
             if isinstance(v, bool) or not isinstance(v, numbers.Real):
                 raise ValueError(f"AttentionSpec.{name} must be a number, got {v!r} ({type(v).__name__})")
             set_(self, name, float(v))  # NumPy scalars become plain floats (JSON, hashing)
+        for name in ("alpha", "beta"):
+            v = getattr(self, name)
+            if v is not None and not 0.0 <= v <= 1.0:
+                raise ValueError(f"AttentionSpec.{name} must be in [0, 1] (the path's strength), got {v}")
+        if self.strength is not None and (self.alpha is not None or self.beta is not None):
+            raise ValueError("AttentionSpec: give a strength name or alpha/beta, not both")
         if not 0.0 <= self.drop_rate < 1.0:
             raise ValueError(f"AttentionSpec.drop_rate must be in [0, 1), got {self.drop_rate}")
         set_(self, "identity_init", bool(self.identity_init))
@@ -143,21 +154,6 @@ class AttentionSpec:
             kw["identity_init"] = True
         return kw
 
-    def normalised(self, backbone: str) -> "AttentionSpec":
-        """Defaults made explicit, so equal models compare and hash equal: a plain model carries no
-        knobs; an attention model's placement ``None`` becomes the backbone's default placement and
-        its reduction ``None`` the module's default."""
-        if self.kind is None:
-            return AttentionSpec()
-        from .attention import default_reduction
-        from .backbones import default_placement
-
-        return dataclasses.replace(
-            self,
-            placement=self.placement if self.placement is not None else default_placement(backbone),
-            reduction=self.reduction if self.reduction is not None else default_reduction(self.kind),
-        )
-
     def label(self) -> str:
         """A short human label, e.g. ``"dual"``, ``"none"``."""
         return self.kind or "none"
@@ -173,8 +169,10 @@ class AttentionSpec:
                 group.add_argument(flag, dest=f"spec_{f.name}", action="store_true", help=f.metadata["help"])
             else:
                 default = kind_default if f.name == "kind" else f.default
+                shown = f" (default {default})" if default not in (None, 0.0) else ""
                 group.add_argument(flag, dest=f"spec_{f.name}", type=f.metadata["parse"], default=default,
-                                   help=f"{f.metadata['help']} (default {default})")
+                                   metavar=("attention" if f.name == "kind" else f.name).upper(),
+                                   help=f.metadata["help"] + shown)
 
     @staticmethod
     def from_args(args: argparse.Namespace) -> "AttentionSpec":

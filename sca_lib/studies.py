@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
 from ._io import json_hash
+from .backbones import normalise_spec
 from .spec import AttentionSpec
 
 __all__ = ["Study", "Grid", "GRIDS", "build_grid", "normalise", "find_study", "config_hash"]
@@ -160,7 +161,7 @@ def normalise(config: Mapping[str, Any]) -> Dict[str, Any]:
     """``config`` with its attention settings made explicit, so equal models hash equally.
 
     The spec keys (:data:`sca_lib.spec.SPEC_KEYS`) go through
-    ``AttentionSpec.from_flat(config).normalised(backbone).to_flat()``: a plain model carries no
+    ``normalise_spec(AttentionSpec.from_flat(config), backbone).to_flat()``: a plain model carries no
     knobs, an attention model's default placement and reduction are spelled out. ``schedule``
     defaults to ``"staged"``; every other key is kept as it is.
     """
@@ -168,7 +169,7 @@ def normalise(config: Mapping[str, Any]) -> Dict[str, Any]:
     if "backbone" not in rest:
         raise ValueError(f"a grid point's config needs a 'backbone', got keys {sorted(config)}")
     out = dict(rest)
-    out.update(spec.normalised(rest["backbone"]).to_flat())
+    out.update(normalise_spec(spec, rest["backbone"]).to_flat())
     out.setdefault("schedule", "staged")
     return out
 

@@ -36,7 +36,7 @@ from torch.utils.data import Dataset, Subset
 
 from ._io import atomic_write_text, json_hash, jsonable
 from .attention import attention_modules, init_attention_
-from .backbones import build_classifier
+from .backbones import build_classifier, normalise_spec
 from .baselines import labels_of, reference_lines
 from .batchnorm import recalibrate_batchnorm
 from .groups import parameter_groups, set_trainable
@@ -128,6 +128,7 @@ class TrainConfig:
                               else AttentionSpec(self.attention))
         self.stage_epochs = tuple(int(e) for e in self.stage_epochs)  # type: ignore[assignment]
         self.stage_lrs = tuple(float(v) for v in self.stage_lrs)  # type: ignore[assignment]
+        normalise_spec(self.attention, self.backbone)  # unknown backbone or placement: the error now, not later
         if len(self.stage_epochs) != 3 or len(self.stage_lrs) != 3:
             raise ValueError(f"stage_epochs and stage_lrs need 3 entries (C6's three stages), got "
                              f"{self.stage_epochs} and {self.stage_lrs}")

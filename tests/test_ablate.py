@@ -224,3 +224,14 @@ def test_fast_grid_end_to_end_with_the_real_engine(tmp_path):
     assert 0 < t.loc["chance (random scores)", "mAP mean"] < 100
     assert t.loc["dual", "family"] == "primary" and t.loc["dual", "p (Holm)"] != ""
     assert t.loc["dual", "significant"] == ("yes" if float(t.loc["dual", "p (Holm)"]) < 0.05 else "no")
+
+
+def test_command_line_errors_are_reasons_not_tracebacks(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        ablate.main(["--grid", "fast", "--seeds", "x"])
+    assert "--seeds expects comma-separated integers" in capsys.readouterr().err
+    assert ablate.main(["--grid", "FAST", "--only", "bogus", "--results-dir", str(tmp_path), "--dry-run"]) == 2
+    assert "unknown studies ['bogus']" in capsys.readouterr().err
+    from sca_lib import report
+
+    assert report.main([str(tmp_path / "nothing")]) == 2 and "no results in" in capsys.readouterr().err

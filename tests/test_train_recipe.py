@@ -246,3 +246,13 @@ def test_the_standin_cache_follows_data_root(tmp_path, monkeypatch):
     path = Path(_resolve_weights(cfg, progress=False))
     assert path.parent == tmp_path / "mine" / "pretrained" and path.exists()
     assert not (tmp_path / "default").exists()
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--alpha", "5"], "alpha must be in"), (["--attention", "bogus"], "unknown attention"),
+    (["--placement", "bogus"], "unknown placement"), (["--backbone", "bogus"], "unknown backbone")])
+def test_bad_model_settings_stop_before_any_work(tmp_path, flags, message):
+    env = {**_env(), "SCA_DATA_DIR": str(tmp_path / "data")}
+    out = subprocess.run(_cli(tmp_path / "run", *flags), cwd=REPO, env=env, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 2 and message in out.stderr and "Traceback" not in out.stderr, out.stderr
+    assert not (tmp_path / "data").exists()  # no data generated, no stand-in trained first
