@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import numbers
 
+from typing import Optional
+
 import torch
 
 __all__ = ["positive_int", "real_in", "float_tensor", "feature_map"]
@@ -31,8 +33,9 @@ def real_in(owner: str, arg: str, value: object, low: float, high: float, high_o
     return float(value)
 
 
-def float_tensor(owner: str, x: object, shape: str = "(N, C, H, W)") -> None:
-    """A TypeError unless ``x`` is a floating-point tensor (integer images must be converted first)."""
+def float_tensor(owner: str, x: object, shape: str = "(N, C, H, W)", like: "Optional[torch.nn.Module]" = None) -> None:
+    """A TypeError unless ``x`` is a floating-point tensor (integer images must be converted first)
+    and, outside autocast, of the same dtype as the parameters of ``like`` (when given)."""
     if not torch.is_tensor(x):
         raise TypeError(f"{owner} expects a torch.Tensor of shape {shape}, got a {type(x).__name__}; "
                         f"convert it with torch.as_tensor(x).float()")
@@ -41,11 +44,15 @@ def float_tensor(owner: str, x: object, shape: str = "(N, C, H, W)") -> None:
             f"{owner} expects a floating-point input (torch.float32, or float16/bfloat16 under autocast), "
             f"got dtype {x.dtype}; convert it with x.float() (uint8 images: x.float() / 255, then normalise)"
         )
+    param = next(like.parameters(), None) if like is not None else None
+    if param is not None and x.dtype != param.dtype and not torch.is_autocast_enabled(x.device.type):
+        raise TypeError(f"{owner} has {param.dtype} weights but got a {x.dtype} input; convert the input with "
+                        f"x.to({param.dtype}) (or the model with model.to({x.dtype}), or run under torch.autocast)")
 
 
-def feature_map(owner: str, x: object, channels: int) -> None:
-    """A clear error unless ``x`` is a float (N, ``channels``, H, W) tensor."""
-    float_tensor(owner, x)
+def feature_map(owner: str, x: object, channels: int, like: "Optional[torch.nn.Module]" = None) -> None:
+    """A clear error unless ``x`` is a float (N, ``channels``, H, W) tensor (of ``like``'s dtype)."""
+    float_tensor(owner, x, like=like)
     if x.dim() != 4:
         raise ValueError(
             f"{owner} expects a 4-D input (N, C, H, W), got a {x.dim()}-D tensor of shape "

@@ -109,7 +109,7 @@ class ChannelAttention(nn.Module):
         return self.gate(self.fc2(self.act(self.fc1(self.pool(x)))))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        feature_map(type(self).__name__, x, self.channels)
+        feature_map(type(self).__name__, x, self.channels, like=self)
         return x * self.weights(x)
 
 
@@ -132,7 +132,7 @@ class SpatialAttention(nn.Module):
         return self.gate(self.conv(x))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        feature_map(type(self).__name__, x, self.channels)
+        feature_map(type(self).__name__, x, self.channels, like=self)
         return x * self.weights(x)
 
 
@@ -251,7 +251,7 @@ class DualAttention(nn.Module):
                     nn.init.zeros_(getattr(path, last).bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        feature_map(type(self).__name__, x, self.channels)
+        feature_map(type(self).__name__, x, self.channels, like=self)
         out = x
         c = s = None
         if self.channel is not None:
@@ -362,7 +362,7 @@ class AttnResBlock(nn.Module):
         nn.init.zeros_(self.conv.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        feature_map(type(self).__name__, x, self.channels)
+        feature_map(type(self).__name__, x, self.channels, like=self)
         return x + self.conv(self.attn(x))
 
 

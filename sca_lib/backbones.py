@@ -245,7 +245,7 @@ def _check_images(model: nn.Module, args: Tuple[Any, ...]) -> None:
     """Forward pre-hook of every built model: a clear error for integer (or non-tensor) image batches."""
     if args:
         name = getattr(model, "sca_config", {}).get("backbone", type(model).__name__)
-        float_tensor(f"build_classifier({name!r}) model", args[0], "(N, 3, H, W)")
+        float_tensor(f"build_classifier({name!r}) model", args[0], "(N, 3, H, W)", like=model)
 
 
 def _attention_args(attention: Union[None, str, AttentionSpec], placement: Any,

@@ -322,3 +322,15 @@ def test_registry_builds_configurations_of_two_classes():
     assert "paths='channel'" in repr(create_attention("channel", 8))
     with pytest.raises(ValueError, match="unknown attention 'se'"):
         default_reduction("se")
+
+
+def test_a_float_input_of_another_dtype_is_named():
+    import sca_lib
+
+    attn = DualAttention(8)
+    with pytest.raises(TypeError, match="torch.float32 weights but got a torch.float64 input"):
+        attn(torch.randn(2, 8, 4, 4, dtype=torch.float64))
+    model = sca_lib.build_classifier("resnet18", attention="dual", num_classes=3)
+    with pytest.raises(TypeError, match="x.to\\(torch.float32\\)"):
+        model(torch.randn(1, 3, 32, 32, dtype=torch.float64))
+    assert attn.double()(torch.randn(2, 8, 4, 4, dtype=torch.float64)).dtype == torch.float64
