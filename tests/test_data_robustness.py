@@ -265,7 +265,8 @@ def test_synthetic_sizes_are_keyed_on_the_run_mode(tmp_path, capsys):
         make_config("target", "full")
     with pytest.raises(ValueError, match="fast, cpu, full"):
         synthetic_root("target", "quick")
-    assert synthetic_root("source", "Fast", tmp_path) == tmp_path / "synthetic" / "source-fast"
+    assert synthetic_root("source", "Fast", tmp_path) == tmp_path / "synthetic" / "source-fast-v2"
+    assert synthetic_root("source", "Fast", tmp_path, version=1) == tmp_path / "synthetic" / "source-fast"
     with pytest.raises(SystemExit):
         cli(["synthetic", "--mode", "full", "--out", str(tmp_path / "x")])
     assert "no synthetic devkit size" in capsys.readouterr().err
