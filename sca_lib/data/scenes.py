@@ -147,8 +147,18 @@ def render_scene(cfg: "SyntheticConfig", index: int) -> Tuple[Image.Image, List[
         x, y = _place(rng, side, w, h, boxes)
         shape, skin = pairs[cls]
         objects.append(_make_layer(shape, skin, side, int(round(x)), int(round(y)), rng, cls=cls))
-    # 3. confusers: per phantom class (absent from the image), its shape in a skin of no class and
-    # its skin on a shape of no class, each at a place of its own, the size of an object
+    # 3. occluders (sharing no cue) over some objects, drawn before the knob acts: the objects and
+    # their annotations do not depend on it
+    above: List[_Layer] = []
+    for obj in objects:
+        if rng.random() < cfg.p_occlude:
+            s = obj.mask.shape[0]
+            side, ang, dist = s * rng.uniform(0.7, 1.1), rng.uniform(0, 2 * math.pi), s * rng.uniform(0.25, 0.6)
+            cx, cy = obj.x + s / 2 + dist * math.cos(ang), obj.y + s / 2 + dist * math.sin(ang)
+            above.append(neutral(side, cx - side / 2, cy - side / 2))
+    # 4. confusers: per phantom class (absent from the image), its shape in another skin and its
+    # skin on another shape (never a class of either variant), each at a place of its own, the
+    # size of an object
     present = {o.cls for o in objects}
     absent = [c for c in range(len(classes)) if c not in present]
     confusers: List[_Layer] = []
@@ -165,14 +175,6 @@ def render_scene(cfg: "SyntheticConfig", index: int) -> Tuple[Image.Image, List[
             side = max(short * rng.uniform(*cfg.object_scale), 6.0)
             x, y = _place(rng, side, w, h, boxes)
             confusers.append(_make_layer(sh, sk, side, int(round(x)), int(round(y)), rng))
-    # 4. occluders (sharing no cue) over some objects
-    above: List[_Layer] = []
-    for obj in objects:
-        if rng.random() < cfg.p_occlude:
-            s = obj.mask.shape[0]
-            side, ang, dist = s * rng.uniform(0.7, 1.1), rng.uniform(0, 2 * math.pi), s * rng.uniform(0.25, 0.6)
-            cx, cy = obj.x + s / 2 + dist * math.cos(ang), obj.y + s / 2 + dist * math.sin(ang)
-            above.append(neutral(side, cx - side / 2, cy - side / 2))
 
     for layer in below + confusers + objects + above:
         _composite(canvas, layer)

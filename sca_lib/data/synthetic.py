@@ -28,7 +28,6 @@ import json
 import os
 import shutil
 import time
-import xml.etree.ElementTree as ET
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple, Union
@@ -38,7 +37,7 @@ import numpy as np
 from .._io import clean_stale_temp, file_lock, temp_name
 from ..config import MODES, check_mode
 from .. import config
-from .devkit import SPLITS
+from .devkit import SPLITS, annotation_xml, object_labels
 from . import render
 from .render import GENERATOR_VERSION, SOURCE_CLASSES, TARGET_CLASSES, VARIANTS, check_variant
 from .scenes import SCENE_VERSION, render_scene, scene_classes
@@ -174,8 +173,8 @@ _SOURCE_DEFAULTS = dict(objects=(1, 1), object_scale=(0.32, 0.6), p_tiny=0.0, p_
 V2_DEFAULTS: Dict[str, Dict] = {
     "target": dict(image_size=(112, 144), objects=(1, 3), object_scale=(0.16, 0.28), tiny_scale=(0.07, 0.1),
                    p_tiny=0.08, p_occlude=0.2, distractors=(2, 4), confusers=2),
-    "source": dict(image_size=(112, 144), objects=(1, 1), object_scale=(0.2, 0.36), p_tiny=0.0, p_occlude=0.0,
-                   distractors=(2, 4), confusers=2),
+    "source": dict(image_size=(112, 144), objects=(1, 1), object_scale=(0.25, 0.45), p_tiny=0.0, p_occlude=0.0,
+                   distractors=(2, 4), confusers=1),
 }
 
 
@@ -236,43 +235,6 @@ def synthetic_root(variant: str = "target", mode: str = "cpu", data_dir: Union[s
 # --------------------------------------------------------------------------------------------
 # Writing a devkit
 # --------------------------------------------------------------------------------------------
-def _annotation_xml(name: str, folder: str, w: int, h: int, objects: Sequence[dict]) -> bytes:
-    root = ET.Element("annotation")
-    ET.SubElement(root, "folder").text = folder
-    ET.SubElement(root, "filename").text = f"{name}.jpg"
-    src = ET.SubElement(root, "source")
-    ET.SubElement(src, "database").text = "sca_lib synthetic VOC-format devkit (not Pascal VOC)"
-    size = ET.SubElement(root, "size")
-    ET.SubElement(size, "width").text = str(w)
-    ET.SubElement(size, "height").text = str(h)
-    ET.SubElement(size, "depth").text = "3"
-    ET.SubElement(root, "segmented").text = "0"
-    for obj in objects:
-        o = ET.SubElement(root, "object")
-        ET.SubElement(o, "name").text = obj["name"]
-        ET.SubElement(o, "pose").text = "Unspecified"
-        ET.SubElement(o, "truncated").text = str(obj["truncated"])
-        ET.SubElement(o, "occluded").text = str(obj["occluded"])
-        bb = ET.SubElement(o, "bndbox")
-        for key, val in zip(("xmin", "ymin", "xmax", "ymax"), obj["bbox"]):
-            ET.SubElement(bb, key).text = str(int(val))
-        ET.SubElement(o, "difficult").text = str(obj["difficult"])
-    ET.indent(root, space="\t")
-    return ET.tostring(root, encoding="utf-8") + b"\n"
-
-
-def _image_labels(objects: Sequence[dict], classes: Sequence[str]) -> List[int]:
-    """The devkit's per-class image label: 1 (a non-difficult instance), 0 (only difficult), -1."""
-    labels = [-1] * len(classes)
-    for obj in objects:
-        c = classes.index(obj["name"])
-        if not obj["difficult"]:
-            labels[c] = 1
-        elif labels[c] == -1:
-            labels[c] = 0
-    return labels
-
-
 def _marker_dict(cfg: SyntheticConfig, counts: dict) -> dict:
     return {
         "generator": "sca_lib.data.synthetic",
@@ -338,9 +300,9 @@ def _write_tree(tmp: Path, cfg: SyntheticConfig) -> Dict[str, int]:
         image.save(buf, "JPEG", quality=cfg.jpeg_quality, subsampling=0 if cfg.jpeg_quality >= 95 else 2)
         (tmp / "JPEGImages" / f"{name}.jpg").write_bytes(buf.getvalue())
         (tmp / "Annotations" / f"{name}.xml").write_bytes(
-            _annotation_xml(name, cfg.name, image.width, image.height, objects))
+            annotation_xml(name, cfg.name, image.width, image.height, objects))
         names[split].append(name)
-        labels[split].append(_image_labels(objects, classes))
+        labels[split].append(object_labels(objects, classes))
         n_obj += len(objects)
         n_difficult += sum(o["difficult"] for o in objects)
     names["trainval"] = names["train"] + names["val"]
