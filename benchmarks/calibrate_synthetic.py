@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import json
 import platform
 import time
@@ -28,19 +29,25 @@ from typing import Dict, Iterator, List
 
 import torch
 
+from sca_lib import train as train_module
 from sca_lib.data import synthetic
 from sca_lib.train import TrainConfig, train_classifier
 
 
 @contextlib.contextmanager
-def knob(confusers: int) -> Iterator[None]:
-    """Version 2's target devkits get ``confusers`` per image while the block runs."""
-    old = synthetic.V2_DEFAULTS["target"]["confusers"]
-    synthetic.V2_DEFAULTS["target"]["confusers"] = int(confusers)
+def knob(confusers: int, **settings) -> Iterator[None]:
+    """Version 2's target devkits get ``confusers`` per image (and ``settings``) while the block runs."""
+    defaults, sizes = synthetic.V2_DEFAULTS["target"], synthetic.SIZES["target"]["cpu"]
+    old, old_sizes = dict(defaults), dict(sizes)
+    sizes.update({k: settings.pop(k) for k in ("n_train", "n_val") if k in settings})
+    defaults.update(settings, confusers=int(confusers))
     try:
         yield
     finally:
-        synthetic.V2_DEFAULTS["target"]["confusers"] = old
+        defaults.clear()
+        defaults.update(old)
+        sizes.clear()
+        sizes.update(old_sizes)
 
 
 def _stages(epochs: int) -> tuple:
@@ -55,19 +62,39 @@ def run_one(args: argparse.Namespace, confusers: int, seed: int) -> Dict:
                       data_root=str(args.data_root), stage_epochs=_stages(args.epochs))
     if args.train_images:
         over["train_images"] = args.train_images
+    if args.lr is not None:
+        over["single_lr"] = args.lr
+    if args.no_clip:
+        over["max_grad_norm"] = None
     if args.probe:
         over["schedule"] = [{"name": "probe", "epochs": args.epochs, "lr": args.probe_lr, "groups": ["head"]}]
     else:
         over["schedule"] = "single"
     cfg = TrainConfig.from_mode("cpu", **over)
     kind = "probe" if args.probe else "single"
-    out_dir = Path(args.data_root) / "runs" / f"{args.backbone}-{args.image_size}px-c{confusers}-{kind}-s{seed}"
+    settings = {"object_scale": tuple(args.object_scale)} if args.object_scale else {}
+    if args.n_train:
+        settings["n_train"] = args.n_train
+    scale = "-o{:g}-{:g}".format(*args.object_scale) if args.object_scale else ""
+    scale += (f"-lr{args.lr:g}" if args.lr is not None else "") + ("-noclip" if args.no_clip else "")
+    scale += f"-{args.optimizer}" if args.optimizer != "sgd" else ""
+    scale += f"-n{args.n_train}" if args.n_train else ""
+    out_dir = Path(args.data_root) / "runs" / f"{args.backbone}-{args.image_size}px-c{confusers}{scale}-{kind}-s{seed}"
     t0 = time.perf_counter()
-    with knob(confusers):
-        s = train_classifier(cfg, out_dir, resume=False, progress=False)
+    trainer = train_module.Trainer
+    if args.optimizer != "sgd":  # TrainConfig has no optimizer field (yet): the engine's is swapped in
+        train_module.Trainer = functools.partial(trainer, optimizer=args.optimizer)
+    try:
+        with knob(confusers, **settings):
+            s = train_classifier(cfg, out_dir, resume=False, progress=False)
+    finally:
+        train_module.Trainer = trainer
     ref = s["reference"]
     return {
-        "confusers": confusers, "schedule": kind, "backbone": args.backbone, "image_size": args.image_size,
+        "confusers": confusers, "object_scale": list(synthetic.make_config("target", "cpu", **settings).object_scale),
+        "n_train": args.n_train or synthetic.SIZES["target"]["cpu"]["n_train"],
+        "train_images": s["config"].get("train_images"), "schedule": kind, "lr": s["config"]["single_lr"], "optimizer": args.optimizer,
+        "max_grad_norm": s["config"]["max_grad_norm"], "clip_fraction": s.get("clip_fraction"), "backbone": args.backbone, "image_size": args.image_size,
         "epochs": args.epochs, "seed": seed, "mAP": s["mAP"], "top1": s["top1"], "val_loss": s["val_loss"],
         "chance_mAP": ref["chance_mAP"], "chance_mAP_max": ref["chance_mAP_max"], "prior_mAP": ref["prior_mAP"],
         "prior_val_loss": ref["prior_val_loss"], "wall_time_s": s["wall_time_s"],
@@ -78,12 +105,12 @@ def run_one(args: argparse.Namespace, confusers: int, seed: int) -> Dict:
 
 
 def _row(r: Dict) -> str:
-    return (f"{r['confusers']:>9d} {r['schedule']:>7s} {r['backbone']:>19s} {r['seed']:>4d} {100 * r['mAP']:7.1f} "
+    return (f"{r['confusers']:>9d} {'%g-%g' % tuple(r['object_scale']):>9s} {r['schedule']:>7s} {r['backbone']:>19s} {r['seed']:>4d} {100 * r['mAP']:7.1f} "
             f"{100 * r['chance_mAP']:7.1f} {100 * r['chance_mAP_max']:6.1f} {100 * r['prior_mAP']:7.1f} "
             f"{r['val_loss']:8.2f} {r['prior_val_loss']:8.2f} {r['session_time_s']:7.0f} {r['images_per_s']:6.0f}")
 
 
-HEADER = (f"{'confusers':>9s} {'sched':>7s} {'backbone':>19s} {'seed':>4s} {'mAP%':>7s} {'chance%':>7s} "
+HEADER = (f"{'confusers':>9s} {'obj_scale':>9s} {'sched':>7s} {'backbone':>19s} {'seed':>4s} {'mAP%':>7s} {'chance%':>7s} "
           f"{'max%':>6s} {'prior%':>7s} {'val_loss':>8s} {'prior_L':>8s} {'wall_s':>7s} {'img/s':>6s}")
 
 
@@ -94,7 +121,13 @@ def main() -> None:
     ap.add_argument("--image-size", type=int, default=112)
     ap.add_argument("--epochs", type=int, default=14)
     ap.add_argument("--seeds", nargs="+", type=int, default=[0])
+    ap.add_argument("--n-train", type=int, default=None, help="generate this many training images (default 800)")
     ap.add_argument("--train-images", type=int, default=None, help="use the first N training images")
+    ap.add_argument("--object-scale", nargs=2, type=float, default=None, metavar=("LO", "HI"),
+                    help="object side as a fraction of the shorter image side (default: version 2's)")
+    ap.add_argument("--lr", type=float, default=None, help="single-stage learning rate (default: the mode's)")
+    ap.add_argument("--optimizer", default="sgd", choices=["sgd", "adamw"], help="default: the engine's (SGD)")
+    ap.add_argument("--no-clip", action="store_true", help="no gradient clipping (max_grad_norm=None)")
     ap.add_argument("--probe", action="store_true", help="train the head alone on the frozen stand-in")
     ap.add_argument("--probe-lr", type=float, default=0.01)
     ap.add_argument("--data-root", type=Path, default=Path("data") / "calibration")

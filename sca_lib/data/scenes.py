@@ -3,9 +3,9 @@
 Version 1 (:mod:`sca_lib.data.render`) drew one to three fairly large objects; a network could
 name them from a 3x3 map. Version 2 is built so that *where* matters:
 
-- **Small objects** (about 16-28 % of the shorter image side; tiny ones, marked ``difficult``,
-  7-10 %) in images of 112-144 px per side: at the default 112 px input an object covers one to two
-  cells of a 7x7 map.
+- **Small objects** (20-34 % of the shorter image side by default; tiny ones, marked
+  ``difficult``, 8-11 %) in images of 112-144 px per side: at a 112 px input an object covers one
+  to two cells of the 7x7 map a stride-16 placement sees.
 - **Confusers, the difficulty knob** (``SyntheticConfig.confusers``, a count per image). A
   confuser is a *phantom class*: a class absent from the image whose two cues are both drawn, at
   two different places: its shape in another skin, and its skin on another shape (never making a

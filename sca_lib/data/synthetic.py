@@ -7,10 +7,11 @@ It is a stand-in for plumbing and for small, honest CPU experiments; it is **not
 numbers measured on it say nothing about the article's VOC numbers (``data/README.md``).
 
 This module holds what to generate (:class:`SyntheticConfig`, sized per run mode by :data:`SIZES`)
-and the writing of the tree; :mod:`sca_lib.data.render` draws the images (the ``target`` and
-``source`` variants and their classes are described there). Everything is drawn from a seed: the
-same configuration writes byte-identical files with the same NumPy and Pillow versions (JPEG
-encoding with fixed settings is deterministic; annotations carry no timestamps).
+and the writing of the tree. Two versions draw the images: 1 (:mod:`sca_lib.data.render`, the
+first CPU study's data, kept byte-identical) and 2, the default (:mod:`sca_lib.data.scenes`: small
+objects, confusers as the difficulty knob). Everything is drawn from a seed: the same configuration
+writes byte-identical files with the same NumPy and Pillow versions (fixed JPEG settings; no
+timestamps).
 
 Several processes may ask for the same devkit at once (e.g. shards of an ablation grid on a fresh
 data folder): generation holds a lock file, builds the tree in ``VOCdevkit/.<name>.tmp<PID>`` and
@@ -158,21 +159,15 @@ class SyntheticConfig:
 #: in fast mode. ``cpu``: the small-but-real CPU experiments. Mode ``full`` trains on real Pascal
 #: VOC2012, so it has no synthetic size.
 SIZES: Dict[str, Dict[str, Dict]] = {
-    "target": {
-        "fast": dict(n_train=64, n_val=40),
-        "cpu": dict(n_train=800, n_val=400),
-    },
-    "source": {
-        "fast": dict(n_train=120, n_val=40),
-        "cpu": dict(n_train=3000, n_val=600),
-    },
+    "target": {"fast": dict(n_train=64, n_val=40), "cpu": dict(n_train=800, n_val=400)},
+    "source": {"fast": dict(n_train=120, n_val=40), "cpu": dict(n_train=3000, n_val=600)},
 }
 _SOURCE_DEFAULTS = dict(objects=(1, 1), object_scale=(0.32, 0.6), p_tiny=0.0, p_occlude=0.0,
                         distractors=(2, 5))
 #: Version 2's settings (on top of the field defaults); ``confusers`` is calibrated in data/README.md.
 V2_DEFAULTS: Dict[str, Dict] = {
-    "target": dict(image_size=(112, 144), objects=(1, 3), object_scale=(0.16, 0.28), tiny_scale=(0.07, 0.1),
-                   p_tiny=0.08, p_occlude=0.2, distractors=(2, 4), confusers=2),
+    "target": dict(image_size=(112, 144), objects=(1, 3), object_scale=(0.2, 0.34), tiny_scale=(0.08, 0.11),
+                   p_tiny=0.08, p_occlude=0.2, distractors=(2, 4), confusers=1),
     "source": dict(image_size=(112, 144), objects=(1, 1), object_scale=(0.25, 0.45), p_tiny=0.0, p_occlude=0.0,
                    distractors=(2, 4), confusers=1),
 }
