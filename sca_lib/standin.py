@@ -53,12 +53,20 @@ STANDIN_SEED = 1234
 
 
 def synthetic_devkit(variant: str, mode: str, data_root: Optional[Union[str, Path]] = None,
-                     verbose: bool = False, version: int = LATEST_VERSION) -> Path:
+                     verbose: bool = False, version: int = LATEST_VERSION, **overrides: Any) -> Path:
     """The synthetic devkit of ``variant`` at ``mode``'s size and devkit ``version`` under
-    ``data_root`` (default: the data dir), generated if missing."""
+    ``data_root`` (default: the data dir), generated if missing.
+
+    ``overrides`` (e.g. ``confusers=2``; None values are ignored) change the configuration; such a
+    devkit gets a folder of its own (``<variant>-<mode>-v2-<hash of the overrides>``), so runs with
+    different settings never regenerate each other's data.
+    """
     base = Path(data_root) if data_root else data_dir()
-    return ensure_synthetic(variant, mode, root=synthetic_root(variant, mode, data_dir=base, version=version),
-                            verbose=verbose, version=version)
+    root = synthetic_root(variant, mode, data_dir=base, version=version)
+    overrides = {k: v for k, v in overrides.items() if v is not None}
+    if overrides:
+        root = root.with_name(f"{root.name}-{json_hash(overrides, 8)}")
+    return ensure_synthetic(variant, mode, root=root, verbose=verbose, version=version, **overrides)
 
 
 def _recipe(mode: str, version: int) -> Dict[str, Any]:

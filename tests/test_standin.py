@@ -28,3 +28,14 @@ def test_weights_digest_sees_every_value_and_name():
     assert d != weights_digest({**sd, "b": torch.tensor([0.0, 0.0, 1e-6])})
     assert d != weights_digest({"w2": sd["w"], "b": sd["b"]})
     assert d != weights_digest({**sd, "b": sd["b"].double()})
+
+
+def test_synthetic_devkit_overrides_get_a_folder_of_their_own(tmp_path):
+    from sca_lib.data.synthetic import read_marker
+    from sca_lib.standin import synthetic_devkit
+
+    plain = synthetic_devkit("target", "fast", tmp_path, n_train=3, n_val=2)
+    assert plain != synthetic_devkit("target", "fast", tmp_path, n_train=3, n_val=2, confusers=3)
+    assert read_marker(synthetic_devkit("target", "fast", tmp_path, n_train=3, n_val=2, confusers=3)
+                       )["config"]["confusers"] == 3
+    assert synthetic_devkit("target", "fast", tmp_path, confusers=None) == tmp_path / "synthetic" / "target-fast-v2"
