@@ -90,11 +90,13 @@ def run_one(args: argparse.Namespace, confusers: int, seed: int) -> Dict:
     finally:
         train_module.Trainer = trainer
     ref = s["reference"]
+    cfgd = s["config"]
     return {
         "confusers": confusers, "object_scale": list(synthetic.make_config("target", "cpu", **settings).object_scale),
         "n_train": args.n_train or synthetic.SIZES["target"]["cpu"]["n_train"],
-        "train_images": s["config"].get("train_images"), "schedule": kind, "lr": s["config"]["single_lr"], "optimizer": args.optimizer,
-        "max_grad_norm": s["config"]["max_grad_norm"], "clip_fraction": s.get("clip_fraction"), "backbone": args.backbone, "image_size": args.image_size,
+        "train_images": cfgd.get("train_images"),
+        "schedule": kind, "lr": cfgd["single_lr"], "optimizer": args.optimizer, "max_grad_norm": cfgd["max_grad_norm"],
+        "clip_fraction": s.get("clip_fraction"), "backbone": args.backbone, "image_size": args.image_size,
         "epochs": args.epochs, "seed": seed, "mAP": s["mAP"], "top1": s["top1"], "val_loss": s["val_loss"],
         "chance_mAP": ref["chance_mAP"], "chance_mAP_max": ref["chance_mAP_max"], "prior_mAP": ref["prior_mAP"],
         "prior_val_loss": ref["prior_val_loss"], "wall_time_s": s["wall_time_s"],
@@ -105,12 +107,14 @@ def run_one(args: argparse.Namespace, confusers: int, seed: int) -> Dict:
 
 
 def _row(r: Dict) -> str:
-    return (f"{r['confusers']:>9d} {'%g-%g' % tuple(r['object_scale']):>9s} {r['schedule']:>7s} {r['backbone']:>19s} {r['seed']:>4d} {100 * r['mAP']:7.1f} "
+    return (f"{r['confusers']:>9d} {'%g-%g' % tuple(r['object_scale']):>9s} {r['schedule']:>7s} "
+            f"{r['backbone']:>19s} {r['seed']:>4d} {100 * r['mAP']:7.1f} "
             f"{100 * r['chance_mAP']:7.1f} {100 * r['chance_mAP_max']:6.1f} {100 * r['prior_mAP']:7.1f} "
             f"{r['val_loss']:8.2f} {r['prior_val_loss']:8.2f} {r['session_time_s']:7.0f} {r['images_per_s']:6.0f}")
 
 
-HEADER = (f"{'confusers':>9s} {'obj_scale':>9s} {'sched':>7s} {'backbone':>19s} {'seed':>4s} {'mAP%':>7s} {'chance%':>7s} "
+HEADER = (f"{'confusers':>9s} {'obj_scale':>9s} {'sched':>7s} {'backbone':>19s} {'seed':>4s} {'mAP%':>7s} "
+          f"{'chance%':>7s} "
           f"{'max%':>6s} {'prior%':>7s} {'val_loss':>8s} {'prior_L':>8s} {'wall_s':>7s} {'img/s':>6s}")
 
 

@@ -155,7 +155,8 @@ def _pretrain(backbone: str, mode: str, image_size: int, path: Path, progress: b
               f"images, {spec['epochs'] + spec.get('anneal_epochs', 0)} epochs, {image_size} px) -> {path}",
               flush=True)
     root = synthetic_devkit("source", mode, data_root, progress, version)
-    sets = [CachedImages(VOCClassification(root, split=split, transform=classification_transforms(image_size, train, True)),
+    sets = [CachedImages(VOCClassification(root, split=split,
+                                           transform=classification_transforms(image_size, train, True)),
                          image_size, train) for split, train in (("train", True), ("val", False))]
     torch.manual_seed(spec["seed"])
     model = build_classifier(backbone, num_classes=len(sets[0].classes or ()) or 20, weights=None)

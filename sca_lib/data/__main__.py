@@ -61,7 +61,8 @@ def main(argv: Optional[List[str]] = None) -> int:
                         "uses real VOC2012 (download-voc)")
     p.add_argument("--n-train", type=int, default=None)
     p.add_argument("--n-val", type=int, default=None)
-    p.add_argument("--size", type=_size, default=None, help="image side N, or MIN-MAX (default 112-144; 96-128 in version 1)")
+    p.add_argument("--size", type=_size, default=None,
+                   help="image side N, or MIN-MAX (default 112-144; 96-128 in version 1)")
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--version", type=int, default=LATEST_VERSION, choices=VERSIONS,
                    help=f"devkit version (default {LATEST_VERSION}; 1 is the first CPU study's data)")

@@ -9,9 +9,10 @@ name them from a 3x3 map. Version 2 is built so that *where* matters:
 - **Confusers, the difficulty knob** (``SyntheticConfig.confusers``, a count per image). A
   confuser is a *phantom class*: a class absent from the image whose two cues are both drawn, at
   two different places: its shape in another skin, and its skin on another shape (never making a
-  class of either variant). An image with a red ellipse and a grey disc holds "red" and "disc" but no ``red-disc``:
-  a model that only asks *whether* a cue is present scores it; one that asks what is *at* a place
-  does not. Confusers have the objects' sizes, so size tells nothing.
+  class of either variant). An image with a red ellipse and a grey disc holds "red" and "disc"
+  but no ``red-disc``: a model that only asks *whether* a cue is present scores it; one that asks
+  what is *at* a place does not. Confusers have the objects' sizes, so size tells nothing, and
+  are drawn under the objects after their occluders, so the knob changes no object and no label.
 - **Clutter**: the version-1 background (colour gradients, texture patches, lines and arcs,
   noise) plus ``distractors`` shapes that share no cue with any class, and occluders of the same
   kind over some objects.
