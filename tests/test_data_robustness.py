@@ -260,7 +260,7 @@ def test_cached_images_match_the_transforms(syn):
 # ---------------------------------------------------------------------------------------------
 def test_synthetic_sizes_are_keyed_on_the_run_mode(tmp_path, capsys):
     assert make_config("target", "FAST") == make_config("target", "fast")
-    assert make_config("source", "cpu").n_train == 3000
+    assert make_config("source", "cpu").n_train == 6000 and make_config("source", "cpu", 1).n_train == 3000
     with pytest.raises(ValueError, match="no synthetic devkit size.*download-voc"):
         make_config("target", "full")
     with pytest.raises(ValueError, match="fast, cpu, full"):

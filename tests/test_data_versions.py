@@ -59,6 +59,10 @@ def test_version_1_config_serialises_as_before():
         make_config("target", "cpu", version=7)
 
 
+def test_version_2_source_is_larger_in_cpu_mode():
+    assert make_config("source", "CPU").n_train == 6000 and make_config("source", "cpu", version=1).n_train == 3000
+
+
 def test_versions_live_side_by_side(tmp_path):
     small = dict(n_train=3, n_val=2)
     r1 = ensure_synthetic("target", "fast", root=tmp_path / "v1", verbose=False, version=1, **small)
