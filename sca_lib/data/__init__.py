@@ -32,6 +32,7 @@ from .devkit import (
 )
 from .download import VOC2012_TRAINVAL, DownloadError, download_voc
 from .synthetic import (
+    LATEST_VERSION,
     SIZES,
     SOURCE_CLASSES,
     TARGET_CLASSES,
@@ -69,6 +70,7 @@ __all__ = [
     "parse_annotation",
     "read_classes",
     "SIZES",
+    "LATEST_VERSION",
     "SOURCE_CLASSES",
     "TARGET_CLASSES",
     "SyntheticConfig",

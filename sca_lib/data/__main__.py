@@ -25,7 +25,9 @@ from ..config import data_dir
 from .devkit import DatasetNotFoundError, check_voc_tree, find_devkit, read_classes
 from .download import VOC2012_TRAINVAL, DownloadError, download_voc
 from .synthetic import (
+    LATEST_VERSION,
     VARIANTS,
+    VERSIONS,
     generate_synthetic_voc,
     is_intact,
     make_config,
@@ -59,8 +61,13 @@ def main(argv: Optional[List[str]] = None) -> int:
                         "uses real VOC2012 (download-voc)")
     p.add_argument("--n-train", type=int, default=None)
     p.add_argument("--n-val", type=int, default=None)
-    p.add_argument("--size", type=_size, default=None, help="image side N, or MIN-MAX (default 96-128)")
+    p.add_argument("--size", type=_size, default=None,
+                   help="image side N, or MIN-MAX (default 112-144; 96-128 in version 1)")
     p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--version", type=int, default=LATEST_VERSION, choices=VERSIONS,
+                   help=f"devkit version (default {LATEST_VERSION}; 1 is the first CPU study's data)")
+    p.add_argument("--confusers", type=int, default=None,
+                   help="version 2's difficulty knob: phantom classes per image (data/README.md)")
     p.add_argument("--force", action="store_true",
                    help="replace a synthetic devkit of another configuration or an incomplete one "
                         "(an intact one of this configuration is kept: it would come out byte-identical)")
@@ -86,9 +93,12 @@ def main(argv: Optional[List[str]] = None) -> int:
             mode = synthetic_mode(args.mode)
         except ValueError as e:
             parser.error(f"--mode: {e}")
-        cfg = make_config(args.variant, mode, n_train=args.n_train, n_val=args.n_val,
-                          image_size=args.size, seed=args.seed)
-        out = args.out if args.out is not None else synthetic_root(args.variant, mode, args.root)
+        try:
+            cfg = make_config(args.variant, mode, args.version, n_train=args.n_train, n_val=args.n_val,
+                              image_size=args.size, seed=args.seed, confusers=args.confusers)
+        except ValueError as e:
+            parser.error(str(e))
+        out = args.out if args.out is not None else synthetic_root(args.variant, mode, args.root, args.version)
         if is_intact(out, cfg):
             print(f"{out} already holds this synthetic devkit, intact; nothing to do")
             return 0

@@ -23,6 +23,7 @@ import os
 import re
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+import xml.etree.ElementTree as ET
 from xml.etree.ElementTree import ParseError
 from xml.etree.ElementTree import parse as _et_parse
 
@@ -31,6 +32,8 @@ from PIL import Image
 from torchvision.datasets import VOCDetection as _TVVOCDetection
 
 __all__ = [
+    "annotation_xml",
+    "object_labels",
     "VOC_CLASSES",
     "SPLITS",
     "DatasetNotFoundError",
@@ -305,6 +308,45 @@ def image_labels(ann: Dict[str, Any], classes: Sequence[str] = VOC_CLASSES, path
         elif lab[c] == -1:
             lab[c] = 0
     return lab
+
+
+def annotation_xml(name: str, folder: str, w: int, h: int, objects: Sequence[dict]) -> bytes:
+    """One VOC XML file (the inverse of :func:`parse_annotation`) for ``objects``: dicts with ``name``,
+    ``bbox`` (1-based inclusive), ``difficult``, ``truncated``, ``occluded``."""
+    root = ET.Element("annotation")
+    ET.SubElement(root, "folder").text = folder
+    ET.SubElement(root, "filename").text = f"{name}.jpg"
+    src = ET.SubElement(root, "source")
+    ET.SubElement(src, "database").text = "sca_lib synthetic VOC-format devkit (not Pascal VOC)"
+    size = ET.SubElement(root, "size")
+    ET.SubElement(size, "width").text = str(w)
+    ET.SubElement(size, "height").text = str(h)
+    ET.SubElement(size, "depth").text = "3"
+    ET.SubElement(root, "segmented").text = "0"
+    for obj in objects:
+        o = ET.SubElement(root, "object")
+        ET.SubElement(o, "name").text = obj["name"]
+        ET.SubElement(o, "pose").text = "Unspecified"
+        ET.SubElement(o, "truncated").text = str(obj["truncated"])
+        ET.SubElement(o, "occluded").text = str(obj["occluded"])
+        bb = ET.SubElement(o, "bndbox")
+        for key, val in zip(("xmin", "ymin", "xmax", "ymax"), obj["bbox"]):
+            ET.SubElement(bb, key).text = str(int(val))
+        ET.SubElement(o, "difficult").text = str(obj["difficult"])
+    ET.indent(root, space="\t")
+    return ET.tostring(root, encoding="utf-8") + b"\n"
+
+
+def object_labels(objects: Sequence[dict], classes: Sequence[str]) -> List[int]:
+    """The devkit's per-class image label: 1 (a non-difficult instance), 0 (only difficult), -1."""
+    labels = [-1] * len(classes)
+    for obj in objects:
+        c = classes.index(obj["name"])
+        if not obj["difficult"]:
+            labels[c] = 1
+        elif labels[c] == -1:
+            labels[c] = 0
+    return labels
 
 
 def load_image(path: Path) -> Image.Image:

@@ -350,10 +350,20 @@ def render_sample(cfg: SyntheticConfig, index: int) -> Tuple[Image.Image, List[d
     image = Image.fromarray(np.clip(canvas + 0.5, 0, 255).astype(np.uint8), "RGB")
 
     # 4. annotations from what is visible
+    annotations = annotate(objects, above, classes, h, w, small=0.14 * short)
+    return image, annotations
+
+
+def annotate(objects: List[_Layer], above: List[_Layer], classes: Tuple[str, ...], h: int, w: int,
+             small: float) -> List[dict]:
+    """VOC annotations of ``objects`` (composited in order, ``above`` over them) from what is visible.
+
+    An object with fewer than 4 visible pixels is left out; one whose visible box is under
+    ``small`` pixels on its longer side, or less than half visible, is ``difficult``.
+    """
     stack = objects + above
     annotations = []
     for i, obj in enumerate(objects):
-        s = obj.mask.shape[0]
         area_full = float((obj.mask > 127).sum())
         vis = _full_mask(obj, h, w)
         in_frame = float(vis.sum())
@@ -367,11 +377,11 @@ def render_sample(cfg: SyntheticConfig, index: int) -> Tuple[Image.Image, List[d
         frac_vis = area_vis / area_full
         truncated = in_frame < 0.97 * area_full
         occluded = area_vis < 0.9 * in_frame
-        too_small = max(bbox[2] - bbox[0] + 1, bbox[3] - bbox[1] + 1) < 0.14 * short
+        too_small = max(bbox[2] - bbox[0] + 1, bbox[3] - bbox[1] + 1) < small
         difficult = bool(too_small or frac_vis < 0.5)
         annotations.append({"name": classes[obj.cls], "bbox": bbox, "difficult": int(difficult),
                             "truncated": int(truncated), "occluded": int(occluded)})
-    return image, annotations
+    return annotations
 
 
 def _iou(a, b) -> float:

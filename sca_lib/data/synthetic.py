@@ -7,10 +7,11 @@ It is a stand-in for plumbing and for small, honest CPU experiments; it is **not
 numbers measured on it say nothing about the article's VOC numbers (``data/README.md``).
 
 This module holds what to generate (:class:`SyntheticConfig`, sized per run mode by :data:`SIZES`)
-and the writing of the tree; :mod:`sca_lib.data.render` draws the images (the ``target`` and
-``source`` variants and their classes are described there). Everything is drawn from a seed: the
-same configuration writes byte-identical files with the same NumPy and Pillow versions (JPEG
-encoding with fixed settings is deterministic; annotations carry no timestamps).
+and the writing of the tree. Two versions draw the images: 1 (:mod:`sca_lib.data.render`, the
+first CPU study's data, kept byte-identical) and 2, the default (:mod:`sca_lib.data.scenes`: small
+objects, confusers as the difficulty knob). Everything is drawn from a seed: the same configuration
+writes byte-identical files with the same NumPy and Pillow versions (fixed JPEG settings; no
+timestamps).
 
 Several processes may ask for the same devkit at once (e.g. shards of an ablation grid on a fresh
 data folder): generation holds a lock file, builds the tree in ``VOCdevkit/.<name>.tmp<PID>`` and
@@ -28,7 +29,6 @@ import json
 import os
 import shutil
 import time
-import xml.etree.ElementTree as ET
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple, Union
@@ -38,20 +38,16 @@ import numpy as np
 from .._io import clean_stale_temp, file_lock, temp_name
 from ..config import MODES, check_mode
 from .. import config
-from .devkit import SPLITS
-from .render import (
-    GENERATOR_VERSION,
-    SOURCE_CLASSES,
-    TARGET_CLASSES,
-    VARIANTS,
-    check_variant,
-    render_sample,
-    synthetic_classes,
-)
+from .devkit import SPLITS, annotation_xml, object_labels
+from . import render
+from .render import GENERATOR_VERSION, SOURCE_CLASSES, TARGET_CLASSES, VARIANTS, check_variant
+from .scenes import SCENE_VERSION, render_scene, scene_classes
 
 __all__ = [
     "SyntheticConfig",
     "SIZES",
+    "VERSIONS",
+    "LATEST_VERSION",
     "VARIANTS",
     "TARGET_CLASSES",
     "SOURCE_CLASSES",
@@ -65,6 +61,11 @@ __all__ = [
     "is_intact",
     "render_sample",
 ]
+
+#: Devkit versions: 1 (:mod:`~sca_lib.data.render`, the first CPU study's data) and 2
+#: (:mod:`~sca_lib.data.scenes`: small objects, confusers, 7x7 maps at 112 px).
+VERSIONS = (GENERATOR_VERSION, SCENE_VERSION)
+LATEST_VERSION = SCENE_VERSION
 
 #: Written last into ``VOCdevkit/<name>/``: the configuration, the class list and the counts.
 MARKER = "synthetic.json"
@@ -93,6 +94,14 @@ class SyntheticConfig:
         jpeg_quality: JPEG quality of the written images.
         name: the devkit folder, ``VOCdevkit/<name>``. ``VOC2012`` lets torchvision's own
             ``VOCDetection(root, year="2012")`` read the tree.
+        version: how images are drawn (:data:`VERSIONS`). The field defaults are version 1's;
+            :func:`make_config` gives each version its own defaults.
+        confusers: version 2's difficulty knob: phantom classes per image, each drawn as its shape
+            in another skin plus its skin on another shape (:mod:`sca_lib.data.scenes`). Version 1
+            has none.
+
+    A version-1 config serialises (:meth:`to_dict`) without ``version`` and ``confusers``, exactly
+    as before they existed, so its devkits, markers and every hash built on them are unchanged.
     """
 
     variant: str = "target"
@@ -108,9 +117,16 @@ class SyntheticConfig:
     distractors: Tuple[int, int] = (2, 5)
     jpeg_quality: int = 90
     name: str = "VOC2012"
+    version: int = 1
+    confusers: int = 0
 
     def __post_init__(self) -> None:
         check_variant(self.variant)
+        if self.version not in VERSIONS:
+            raise ValueError(f"unknown synthetic devkit version {self.version!r}; expected one of {VERSIONS}")
+        if self.confusers < 0 or (self.version == 1 and self.confusers):
+            raise ValueError(f"confusers must be >= 0, and 0 for version 1 (it has none), got {self.confusers!r} "
+                             f"with version {self.version}")
         if self.n_train < 0 or self.n_val < 0 or self.n_train + self.n_val == 0:
             raise ValueError(f"need n_train, n_val >= 0 and at least one image, got {self.n_train}, {self.n_val}")
         lo, hi = self.size_range
@@ -129,24 +145,48 @@ class SyntheticConfig:
         d["image_size"] = list(self.size_range)
         for k in ("objects", "object_scale", "tiny_scale", "distractors"):
             d[k] = list(d[k])
+        if self.version == 1:
+            del d["version"], d["confusers"]
         return d
+
+    @property
+    def classes(self) -> Tuple[str, ...]:
+        """The class names of this variant and version, in label order."""
+        return synthetic_classes(self.variant, self.version)
 
 
 #: Images per split of each variant, per run mode. ``fast``: a few dozen images for CI and notebooks
 #: in fast mode. ``cpu``: the small-but-real CPU experiments. Mode ``full`` trains on real Pascal
 #: VOC2012, so it has no synthetic size.
 SIZES: Dict[str, Dict[str, Dict]] = {
-    "target": {
-        "fast": dict(n_train=64, n_val=40),
-        "cpu": dict(n_train=800, n_val=400),
-    },
-    "source": {
-        "fast": dict(n_train=120, n_val=40),
-        "cpu": dict(n_train=3000, n_val=600),
-    },
+    "target": {"fast": dict(n_train=64, n_val=40), "cpu": dict(n_train=800, n_val=400)},
+    "source": {"fast": dict(n_train=120, n_val=40), "cpu": dict(n_train=3000, n_val=600)},
 }
 _SOURCE_DEFAULTS = dict(objects=(1, 1), object_scale=(0.32, 0.6), p_tiny=0.0, p_occlude=0.0,
                         distractors=(2, 5))
+#: Version 2's sizes where they differ from :data:`SIZES`: a source set twice as large (its
+#: stand-in transfers better, data/README.md).
+V2_SIZES: Dict[str, Dict[str, Dict]] = {"source": {"cpu": dict(n_train=6000, n_val=600)}}
+#: Version 2's settings (on top of the field defaults); ``confusers`` is calibrated in data/README.md.
+V2_DEFAULTS: Dict[str, Dict] = {
+    "target": dict(image_size=(112, 144), objects=(1, 3), object_scale=(0.2, 0.34), tiny_scale=(0.08, 0.11),
+                   p_tiny=0.08, p_occlude=0.2, distractors=(2, 4), confusers=1),
+    "source": dict(image_size=(112, 144), objects=(1, 1), object_scale=(0.25, 0.45), p_tiny=0.0, p_occlude=0.0,
+                   distractors=(2, 4), confusers=1),
+}
+
+
+def synthetic_classes(variant: str = "target", version: int = LATEST_VERSION) -> Tuple[str, ...]:
+    """The 20 class names of a variant (and devkit version), in label order."""
+    check_variant(variant)
+    if version not in VERSIONS:
+        raise ValueError(f"unknown synthetic devkit version {version!r}; expected one of {VERSIONS}")
+    return render.synthetic_classes(variant) if version == 1 else scene_classes(variant)
+
+
+def render_sample(cfg: SyntheticConfig, index: int):
+    """Draw image ``index`` of ``cfg`` with its version's drawing: ``(PIL image, objects)``."""
+    return render.render_sample(cfg, index) if cfg.version == 1 else render_scene(cfg, index)
 
 
 def synthetic_mode(mode: str) -> str:
@@ -161,73 +201,48 @@ def synthetic_mode(mode: str) -> str:
     return mode
 
 
-def make_config(variant: str = "target", mode: str = "cpu", **overrides) -> SyntheticConfig:
-    """A :class:`SyntheticConfig` of the size of run ``mode`` (``"fast"`` or ``"cpu"``) plus overrides."""
+def make_config(variant: str = "target", mode: str = "cpu", version: int = LATEST_VERSION,
+                **overrides) -> SyntheticConfig:
+    """A :class:`SyntheticConfig` of ``version`` (default the latest) at the size of run ``mode``
+    (``"fast"`` or ``"cpu"``), plus overrides (None values are ignored)."""
     check_variant(variant)
-    kw = dict(_SOURCE_DEFAULTS) if variant == "source" else {}
-    kw.update(SIZES[variant][synthetic_mode(mode)])
+    if version not in VERSIONS:
+        raise ValueError(f"unknown synthetic devkit version {version!r}; expected one of {VERSIONS}")
+    if version == 1:
+        kw = dict(_SOURCE_DEFAULTS) if variant == "source" else {}
+    else:
+        kw = dict(V2_DEFAULTS[variant], version=version)
+    mode = synthetic_mode(mode)
+    kw.update(SIZES[variant][mode])
+    if version != 1:
+        kw.update(V2_SIZES.get(variant, {}).get(mode, {}))
     kw.update({k: v for k, v in overrides.items() if v is not None})
     return SyntheticConfig(variant=variant, **kw)
 
 
-def synthetic_root(variant: str = "target", mode: str = "cpu", data_dir: Union[str, Path, None] = None) -> Path:
-    """Where a mode's devkit lives by default: ``<data_dir>/synthetic/<variant>-<mode>``, with
-    ``data_dir`` defaulting to :func:`sca_lib.config.data_dir`.
+def synthetic_root(variant: str = "target", mode: str = "cpu", data_dir: Union[str, Path, None] = None,
+                   version: int = LATEST_VERSION) -> Path:
+    """Where a mode's devkit lives by default: ``<data_dir>/synthetic/<variant>-<mode>`` for version
+    1, ``...-v<version>`` for later ones, with ``data_dir`` defaulting to :func:`sca_lib.config.data_dir`.
 
     The returned folder is a dataset root in torchvision's sense (it holds ``VOCdevkit/``).
     """
     check_variant(variant)
     base = Path(data_dir) if data_dir is not None else config.data_dir()
-    return base / "synthetic" / f"{variant}-{synthetic_mode(mode)}"
+    suffix = "" if version == 1 else f"-v{int(version)}"
+    return base / "synthetic" / f"{variant}-{synthetic_mode(mode)}{suffix}"
 
 
 # --------------------------------------------------------------------------------------------
 # Writing a devkit
 # --------------------------------------------------------------------------------------------
-def _annotation_xml(name: str, folder: str, w: int, h: int, objects: Sequence[dict]) -> bytes:
-    root = ET.Element("annotation")
-    ET.SubElement(root, "folder").text = folder
-    ET.SubElement(root, "filename").text = f"{name}.jpg"
-    src = ET.SubElement(root, "source")
-    ET.SubElement(src, "database").text = "sca_lib synthetic VOC-format devkit (not Pascal VOC)"
-    size = ET.SubElement(root, "size")
-    ET.SubElement(size, "width").text = str(w)
-    ET.SubElement(size, "height").text = str(h)
-    ET.SubElement(size, "depth").text = "3"
-    ET.SubElement(root, "segmented").text = "0"
-    for obj in objects:
-        o = ET.SubElement(root, "object")
-        ET.SubElement(o, "name").text = obj["name"]
-        ET.SubElement(o, "pose").text = "Unspecified"
-        ET.SubElement(o, "truncated").text = str(obj["truncated"])
-        ET.SubElement(o, "occluded").text = str(obj["occluded"])
-        bb = ET.SubElement(o, "bndbox")
-        for key, val in zip(("xmin", "ymin", "xmax", "ymax"), obj["bbox"]):
-            ET.SubElement(bb, key).text = str(int(val))
-        ET.SubElement(o, "difficult").text = str(obj["difficult"])
-    ET.indent(root, space="\t")
-    return ET.tostring(root, encoding="utf-8") + b"\n"
-
-
-def _image_labels(objects: Sequence[dict], classes: Sequence[str]) -> List[int]:
-    """The devkit's per-class image label: 1 (a non-difficult instance), 0 (only difficult), -1."""
-    labels = [-1] * len(classes)
-    for obj in objects:
-        c = classes.index(obj["name"])
-        if not obj["difficult"]:
-            labels[c] = 1
-        elif labels[c] == -1:
-            labels[c] = 0
-    return labels
-
-
 def _marker_dict(cfg: SyntheticConfig, counts: dict) -> dict:
     return {
         "generator": "sca_lib.data.synthetic",
-        "generator_version": GENERATOR_VERSION,
+        "generator_version": cfg.version,
         "note": "Synthetic VOC-format devkit generated by sca_lib; NOT Pascal VOC.",
         "config": cfg.to_dict(),
-        "classes": list(synthetic_classes(cfg.variant)),
+        "classes": list(cfg.classes),
         "counts": counts,
     }
 
@@ -253,7 +268,7 @@ def is_intact(root: Union[str, Path], cfg: SyntheticConfig) -> bool:
     root = Path(root)
     marker = read_marker(root, cfg.name)
     if marker is None or marker.get("config") != cfg.to_dict() \
-            or marker.get("generator_version") != GENERATOR_VERSION:
+            or marker.get("generator_version") != cfg.version:
         return False
     devkit = root / "VOCdevkit" / cfg.name
     main = devkit / "ImageSets" / "Main"
@@ -264,14 +279,14 @@ def is_intact(root: Union[str, Path], cfg: SyntheticConfig) -> bool:
     except OSError:
         return False
     names = [f"syn_{i:06d}" for i in range(cfg.n_train + cfg.n_val)]
-    classes = synthetic_classes(cfg.variant)
+    classes = cfg.classes
     wanted = {f"{s}.txt" for s in SPLITS} | {f"{c}_{s}.txt" for c in classes for s in SPLITS}
     return wanted <= lists and all(f"{n}.jpg" in jpgs and f"{n}.xml" in xmls for n in names)
 
 
 def _write_tree(tmp: Path, cfg: SyntheticConfig) -> Dict[str, int]:
     """Render and write every file of the devkit into ``tmp``, ``synthetic.json`` last; the counts."""
-    classes = synthetic_classes(cfg.variant)
+    classes = cfg.classes
     (tmp / "JPEGImages").mkdir()
     (tmp / "Annotations").mkdir()
     (tmp / "ImageSets" / "Main").mkdir(parents=True)
@@ -286,9 +301,9 @@ def _write_tree(tmp: Path, cfg: SyntheticConfig) -> Dict[str, int]:
         image.save(buf, "JPEG", quality=cfg.jpeg_quality, subsampling=0 if cfg.jpeg_quality >= 95 else 2)
         (tmp / "JPEGImages" / f"{name}.jpg").write_bytes(buf.getvalue())
         (tmp / "Annotations" / f"{name}.xml").write_bytes(
-            _annotation_xml(name, cfg.name, image.width, image.height, objects))
+            annotation_xml(name, cfg.name, image.width, image.height, objects))
         names[split].append(name)
-        labels[split].append(_image_labels(objects, classes))
+        labels[split].append(object_labels(objects, classes))
         n_obj += len(objects)
         n_difficult += sum(o["difficult"] for o in objects)
     names["trainval"] = names["train"] + names["val"]
@@ -359,17 +374,18 @@ def generate_synthetic_voc(root: Union[str, Path], config: Optional[SyntheticCon
 
 
 def ensure_synthetic(variant: str = "target", mode: str = "cpu", root: Union[str, Path, None] = None,
-                     verbose: bool = True, **overrides) -> Path:
+                     verbose: bool = True, version: int = LATEST_VERSION, **overrides) -> Path:
     """Return the root of a synthetic devkit, generating it first when missing, damaged or out of date.
 
-    ``mode`` (``"fast"`` or ``"cpu"``) sizes it (:data:`SIZES`); ``root`` defaults to
-    :func:`synthetic_root` (``<data dir>/synthetic/<variant>-<mode>``). A tree whose
+    ``mode`` (``"fast"`` or ``"cpu"``) sizes it (:data:`SIZES`), ``version`` says how it is drawn
+    (default the latest); ``root`` defaults to :func:`synthetic_root`
+    (``<data dir>/synthetic/<variant>-<mode>[-v<version>]``). A tree whose
     ``synthetic.json`` records another configuration is regenerated. Safe to call from several
     processes at once (see :func:`generate_synthetic_voc`).
     """
     mode = synthetic_mode(mode)
-    cfg = make_config(variant, mode, **overrides)
-    root = Path(root) if root is not None else synthetic_root(variant, mode)
+    cfg = make_config(variant, mode, version, **overrides)
+    root = Path(root) if root is not None else synthetic_root(variant, mode, version=version)
     devkits = root / "VOCdevkit"
     if devkits.is_dir() and any(p.name.startswith(f".{cfg.name}.") for p in devkits.iterdir()):
         with file_lock(_lock_path(root, cfg), what=f"generating the synthetic devkit {devkits / cfg.name}"):
