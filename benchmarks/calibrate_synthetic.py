@@ -70,7 +70,7 @@ def run_one(args: argparse.Namespace, confusers: int, seed: int) -> Dict:
         over["schedule"] = [{"name": "probe", "epochs": args.epochs, "lr": args.probe_lr, "groups": ["head"]}]
     else:
         over["schedule"] = "single"
-    cfg = TrainConfig.from_mode("cpu", **over)
+    cfg = TrainConfig.from_mode("cpu", data_version=2, **over)
     kind = "probe" if args.probe else "single"
     settings = {"object_scale": tuple(args.object_scale)} if args.object_scale else {}
     if args.n_train:
@@ -92,7 +92,7 @@ def run_one(args: argparse.Namespace, confusers: int, seed: int) -> Dict:
     ref = s["reference"]
     cfgd = s["config"]
     return {
-        "confusers": confusers, "object_scale": list(synthetic.make_config("target", "cpu", **settings).object_scale),
+        "confusers": confusers, "object_scale": list(synthetic.make_config("target", "cpu", version=2, **settings).object_scale),
         "n_train": args.n_train or synthetic.SIZES["target"]["cpu"]["n_train"],
         "train_images": cfgd.get("train_images"),
         "schedule": kind, "lr": cfgd["single_lr"], "optimizer": args.optimizer, "max_grad_norm": cfgd["max_grad_norm"],

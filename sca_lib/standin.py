@@ -29,7 +29,7 @@ from .backbones import build_classifier
 from .groups import parameter_groups, set_trainable
 from .batchnorm import recalibrate_batchnorm
 from .config import data_dir
-from .data import LATEST_VERSION, VOCClassification, classification_transforms, ensure_synthetic, make_config
+from .data import DEFAULT_VERSION, LATEST_VERSION, VOCClassification, classification_transforms, ensure_synthetic, make_config
 from .data import synthetic_root
 from .data import CachedImages
 from .distributed import DistInfo, init_distributed
@@ -53,7 +53,7 @@ STANDIN_SEED = 1234
 
 
 def synthetic_devkit(variant: str, mode: str, data_root: Optional[Union[str, Path]] = None,
-                     verbose: bool = False, version: int = LATEST_VERSION, **overrides: Any) -> Path:
+                     verbose: bool = False, version: int = DEFAULT_VERSION, **overrides: Any) -> Path:
     """The synthetic devkit of ``variant`` at ``mode``'s size and devkit ``version`` under
     ``data_root`` (default: the data dir), generated if missing.
 
@@ -104,7 +104,7 @@ def standin_record(path: Union[str, Path]) -> Dict[str, Any]:
 
 
 def standin_path(backbone: str, mode: str = "cpu", image_size: int = 96,
-                 cache_dir: Optional[Union[str, Path]] = None, data_version: int = LATEST_VERSION) -> Path:
+                 cache_dir: Optional[Union[str, Path]] = None, data_version: int = DEFAULT_VERSION) -> Path:
     """Where :func:`pretrain_standin` caches the state_dict: ``<cache_dir>/<backbone>-<hash>.pt``
     (``cache_dir`` default: ``sca_lib.config.data_dir()/pretrained``)."""
     base = Path(cache_dir) if cache_dir else data_dir() / "pretrained"
@@ -113,7 +113,7 @@ def standin_path(backbone: str, mode: str = "cpu", image_size: int = 96,
 
 def pretrain_standin(backbone: str, mode: str = "cpu", image_size: int = 96,
                      cache_dir: Optional[Union[str, Path]] = None, progress: bool = True,
-                     data_root: Optional[Union[str, Path]] = None, data_version: int = LATEST_VERSION) -> Path:
+                     data_root: Optional[Union[str, Path]] = None, data_version: int = DEFAULT_VERSION) -> Path:
     """Pre-train the plain ``backbone`` on the synthetic source set, cache it, return its path.
 
     The whole plain network trains from random init in one stage (AdamW, :data:`STANDIN_RECIPES`),

@@ -89,8 +89,8 @@ class TrainConfig:
     BatchNorm: ``bn_policy="reestimate"`` recomputes the running statistics of every trainable
     BatchNorm over the training set after the last epoch and evaluates again (the summary keeps the
     metrics before it as ``*_before_bn``); ``"keep"`` evaluates with the statistics training left.
-    Data: ``dataset="synthetic"`` (the devkit of the mode's size under ``data_root``, default the
-    data dir) or ``"voc"`` (real VOC2012 under ``data_root``); ``train_images`` / ``val_images``
+    Data: ``dataset="synthetic"`` (the devkit of the mode's size and version ``data_version`` under
+    ``data_root``, default the data dir; version 1 is the committed results' data, 2 the new protocol) or ``"voc"`` (real VOC2012 under ``data_root``); ``train_images`` / ``val_images``
     keep the first N images. Weights: ``"standin"``, ``"DEFAULT"`` (ImageNet), None or a path.
     Loss: ``loss_reduction`` of the masked BCE, ``"sum_per_image"`` (over an image's labels, the
     mean over images) or ``"mean"`` (over every counted label: C times smaller gradients).
@@ -108,6 +108,7 @@ class TrainConfig:
     batch_size: int = 32
     seed: int = 0
     dataset: str = "synthetic"
+    data_version: int = 1
     data_root: Optional[str] = None
     train_images: Optional[int] = None
     val_images: Optional[int] = None
@@ -135,6 +136,8 @@ class TrainConfig:
         if self.loss_reduction not in ("sum_per_image", "mean"):
             raise ValueError(f"loss_reduction must be 'sum_per_image' (BCE summed over an image's labels) or "
                              f"'mean' (over labels too), got {self.loss_reduction!r}")
+        if self.data_version not in (1, 2):
+            raise ValueError(f"data_version must be 1 or 2 (the synthetic devkit's versions), got {self.data_version!r}")
         if self.dataset not in ("synthetic", "voc"):
             raise ValueError(f"dataset must be 'synthetic' or 'voc', got {self.dataset!r}")
         if self.dataset == "synthetic" and self.mode == "full":
@@ -208,7 +211,7 @@ def build_schedule(config: TrainConfig) -> List[Stage]:
 def build_datasets(config: TrainConfig, verbose: bool = True) -> Tuple[Dataset, Dataset, Tuple[str, ...]]:
     """``(train_set, val_set, class_names)`` for the config (generating a synthetic devkit if missing)."""
     if config.dataset == "synthetic":
-        root = synthetic_devkit("target", config.mode, config.data_root, verbose)
+        root = synthetic_devkit("target", config.mode, config.data_root, verbose, version=config.data_version)
     else:
         root = Path(config.data_root) if config.data_root else data_dir()
     sets = []
@@ -234,6 +237,7 @@ def _resolve_weights(config: TrainConfig, progress: bool) -> Optional[str]:
         return config.weights
     mode = config.mode if config.mode != "full" else "cpu"
     return str(pretrain_standin(config.backbone, mode, config.image_size, progress=progress,
+                                data_version=config.data_version,
                                 data_root=config.data_root))
 
 
@@ -274,7 +278,7 @@ def train_classifier(config: Union[TrainConfig, Dict[str, Any]], out_dir: Union[
     info = init_distributed()
     weights = _resolve_weights(cfg, progress and info.is_main)
     if cfg.dataset == "synthetic" and info.is_main:  # rank 0 generates a missing devkit, the others wait
-        synthetic_devkit("target", cfg.mode, cfg.data_root, progress)
+        synthetic_devkit("target", cfg.mode, cfg.data_root, progress, version=cfg.data_version)
     if info.distributed:
         torch.distributed.barrier()
     train_set, val_set, classes = build_datasets(cfg, verbose=progress and info.is_main)

@@ -36,8 +36,7 @@ from sca_lib.data import (
     read_classes,
 )
 from sca_lib.data.__main__ import main as cli
-from sca_lib.data.scenes import SOURCE_CLASSES_V2
-from sca_lib.data.synthetic import render_sample, synthetic_classes
+from sca_lib.data.synthetic import render_sample
 
 SMALL = dict(n_train=12, n_val=8, seed=3)
 
@@ -86,7 +85,7 @@ def test_synthetic_xml_has_voc_fields(syn):
     ann = parse_annotation(_devkit(syn) / "Annotations" / "syn_000000.xml")
     assert set(ann["size"]) >= {"width", "height", "depth"}
     w, h = int(ann["size"]["width"]), int(ann["size"]["height"])
-    assert 112 <= w <= 144 and 112 <= h <= 144  # version 2's default sizes
+    assert 96 <= w <= 128 and 96 <= h <= 128
     assert 1 <= len(ann["object"]) <= 3
     for obj in ann["object"]:
         assert obj["name"] in TARGET_CLASSES and obj["difficult"] in ("0", "1")
@@ -130,14 +129,11 @@ def test_render_sample_statistics():
     assert 0.03 < n_diff / n_obj < 0.3, "some, but not most, objects are difficult"
 
 
-@pytest.mark.parametrize("version", [1, 2])
-def test_source_variant_is_single_label_with_other_classes(tmp_path, version):
-    classes = synthetic_classes("source", version)
-    assert len(classes) == 20 and not set(classes) & set(TARGET_CLASSES)
-    assert classes == (SOURCE_CLASSES if version == 1 else SOURCE_CLASSES_V2)
-    root = generate_synthetic_voc(tmp_path, make_config("source", "fast", version, n_train=10, n_val=4))
+def test_source_variant_is_single_label_with_other_classes(tmp_path):
+    assert len(SOURCE_CLASSES) == 20 and not set(SOURCE_CLASSES) & set(TARGET_CLASSES)
+    root = generate_synthetic_voc(tmp_path, make_config("source", "fast", n_train=10, n_val=4))
     ds = VOCClassification(root, split="trainval")
-    assert ds.classes == classes
+    assert ds.classes == SOURCE_CLASSES
     assert ((ds.labels == 1).sum(1) == 1).all(), "exactly one class per source image"
 
 
@@ -404,8 +400,5 @@ def test_cli_synthetic_and_check(tmp_path, capsys):
 def test_cli_synthetic_default_location(tmp_path, monkeypatch):
     monkeypatch.setenv("SCA_DATA_DIR", str(tmp_path))
     assert cli(["synthetic", "--variant", "source", "--mode", "fast", "--n-train", "2", "--n-val", "1"]) == 0
-    assert (tmp_path / "synthetic" / "source-fast-v2" / "VOCdevkit" / "VOC2012" / "synthetic.json").is_file()
-    assert os.listdir(tmp_path / "synthetic" / "source-fast-v2" / "VOCdevkit") == ["VOC2012"], "no temp dirs left"
-    assert cli(["synthetic", "--variant", "source", "--mode", "fast", "--n-train", "2", "--n-val", "1",
-                "--version", "1"]) == 0
     assert (tmp_path / "synthetic" / "source-fast" / "VOCdevkit" / "VOC2012" / "synthetic.json").is_file()
+    assert os.listdir(tmp_path / "synthetic" / "source-fast" / "VOCdevkit") == ["VOC2012"], "no temp dirs left"

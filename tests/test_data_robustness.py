@@ -260,13 +260,12 @@ def test_cached_images_match_the_transforms(syn):
 # ---------------------------------------------------------------------------------------------
 def test_synthetic_sizes_are_keyed_on_the_run_mode(tmp_path, capsys):
     assert make_config("target", "FAST") == make_config("target", "fast")
-    assert make_config("source", "cpu").n_train == 6000 and make_config("source", "cpu", 1).n_train == 3000
+    assert make_config("source", "cpu").n_train == 3000
     with pytest.raises(ValueError, match="no synthetic devkit size.*download-voc"):
         make_config("target", "full")
     with pytest.raises(ValueError, match="fast, cpu, full"):
         synthetic_root("target", "quick")
-    assert synthetic_root("source", "Fast", tmp_path) == tmp_path / "synthetic" / "source-fast-v2"
-    assert synthetic_root("source", "Fast", tmp_path, version=1) == tmp_path / "synthetic" / "source-fast"
+    assert synthetic_root("source", "Fast", tmp_path) == tmp_path / "synthetic" / "source-fast"
     with pytest.raises(SystemExit):
         cli(["synthetic", "--mode", "full", "--out", str(tmp_path / "x")])
     assert "no synthetic devkit size" in capsys.readouterr().err

@@ -51,8 +51,8 @@ def test_version_1_config_serialises_as_before():
     # the stand-in cache keys built on it are those of before the data had versions
     assert standin_path("mobilenet_v3_small", "cpu", 96, data_version=1).name == "mobilenet_v3_small-0275217722.pt"
     assert standin_path("mobilenet_v3_small", "fast", 32, data_version=1).name == "mobilenet_v3_small-126e3a9c3f.pt"
-    assert standin_path("mobilenet_v3_small", "fast", 32) != standin_path("mobilenet_v3_small", "fast", 32,
-                                                                          data_version=1)
+    assert standin_path("mobilenet_v3_small", "fast", 32, data_version=2) != standin_path("mobilenet_v3_small", "fast", 32,
+                                                                                          data_version=1)
     with pytest.raises(ValueError, match="0 for version 1"):
         SyntheticConfig(confusers=2)
     with pytest.raises(ValueError, match="unknown synthetic devkit version"):
@@ -60,22 +60,22 @@ def test_version_1_config_serialises_as_before():
 
 
 def test_version_2_source_is_larger_in_cpu_mode():
-    assert make_config("source", "CPU").n_train == 6000 and make_config("source", "cpu", version=1).n_train == 3000
+    assert make_config("source", "CPU", version=2).n_train == 6000 and make_config("source", "cpu", version=1).n_train == 3000
 
 
 def test_versions_live_side_by_side(tmp_path):
     small = dict(n_train=3, n_val=2)
     r1 = ensure_synthetic("target", "fast", root=tmp_path / "v1", verbose=False, version=1, **small)
-    r2 = ensure_synthetic("target", "fast", root=tmp_path / "v2", verbose=False, **small)
+    r2 = ensure_synthetic("target", "fast", root=tmp_path / "v2", verbose=False, version=2, **small)
     assert read_marker(r1)["generator_version"] == 1 and "version" not in read_marker(r1)["config"]
     m2 = read_marker(r2)
     assert m2["generator_version"] == LATEST_VERSION == m2["config"]["version"] == 2
-    assert m2["config"]["confusers"] == make_config("target", "fast").confusers
+    assert m2["config"]["confusers"] == make_config("target", "fast", version=2).confusers
     assert VOCClassification(r2, split="trainval").classes == TARGET_CLASSES
 
 
 def test_version_2_objects_are_small_and_images_large_enough():
-    cfg = make_config("target", "cpu")
+    cfg = make_config("target", "cpu", version=2)
     lo, hi = cfg.size_range
     assert lo >= 112, "a 7x7 map at stride 16 needs 112 px"
     sides = []
@@ -91,8 +91,8 @@ def test_version_2_objects_are_small_and_images_large_enough():
 
 
 def test_confusers_add_cues_never_labels():
-    base = make_config("target", "cpu", confusers=0)
-    hard = make_config("target", "cpu", confusers=4)
+    base = make_config("target", "cpu", version=2, confusers=0)
+    hard = make_config("target", "cpu", version=2, confusers=4)
     differ = 0
     for i in range(40):
         im0, objs0 = render_sample(base, i)
@@ -104,7 +104,7 @@ def test_confusers_add_cues_never_labels():
 
 
 def test_version_2_label_spaces():
-    assert synthetic_classes("target") == TARGET_CLASSES_V2 == TARGET_CLASSES
+    assert synthetic_classes("target", version=2) == TARGET_CLASSES_V2 == TARGET_CLASSES
     assert len(SOURCE_CLASSES_V2) == 20 and not set(SOURCE_CLASSES_V2) & set(TARGET_CLASSES)
     source_shapes = {sh for sh, _ in _CLASS_PAIRS["source"]}
     source_skins = {sk for _, sk in _CLASS_PAIRS["source"]}
@@ -115,10 +115,10 @@ def test_version_2_label_spaces():
 
 
 def test_version_2_is_deterministic_and_seeded(tmp_path):
-    cfg = make_config("source", "fast", n_train=4, n_val=2, seed=5)
+    cfg = make_config("source", "fast", version=2, n_train=4, n_val=2, seed=5)
     a = generate_synthetic_voc(tmp_path / "a", cfg)
     b = generate_synthetic_voc(tmp_path / "b", cfg)
     files = sorted(p.relative_to(a) for p in a.rglob("*") if p.is_file())
     assert files and all((a / f).read_bytes() == (b / f).read_bytes() for f in files)
-    other = render_sample(make_config("source", "fast", seed=6), 0)[0]
+    other = render_sample(make_config("source", "fast", version=2, seed=6), 0)[0]
     assert other.tobytes() != render_sample(cfg, 0)[0].tobytes()

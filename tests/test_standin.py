@@ -10,7 +10,8 @@ from sca_lib.standin import pretrain_standin, standin_record, weights_digest
 def test_rebuilding_the_fast_standin_reproduces_it(tmp_path):
     records = []
     for name in ("a", "b"):
-        path = pretrain_standin("mobilenet_v3_small", "fast", 32, data_root=tmp_path / name, progress=False)
+        path = pretrain_standin("mobilenet_v3_small", "fast", 32, data_root=tmp_path / name, progress=False,
+                                data_version=2)
         rec = standin_record(path)
         assert rec["weights_digest"] == weights_digest(torch.load(path, map_location="cpu", weights_only=True))
         records.append((path.name, rec))
@@ -34,8 +35,8 @@ def test_synthetic_devkit_overrides_get_a_folder_of_their_own(tmp_path):
     from sca_lib.data.synthetic import read_marker
     from sca_lib.standin import synthetic_devkit
 
-    plain = synthetic_devkit("target", "fast", tmp_path, n_train=3, n_val=2)
-    assert plain != synthetic_devkit("target", "fast", tmp_path, n_train=3, n_val=2, confusers=3)
-    assert read_marker(synthetic_devkit("target", "fast", tmp_path, n_train=3, n_val=2, confusers=3)
+    plain = synthetic_devkit("target", "fast", tmp_path, version=2, n_train=3, n_val=2)
+    assert plain != synthetic_devkit("target", "fast", tmp_path, version=2, n_train=3, n_val=2, confusers=3)
+    assert read_marker(synthetic_devkit("target", "fast", tmp_path, version=2, n_train=3, n_val=2, confusers=3)
                        )["config"]["confusers"] == 3
-    assert synthetic_devkit("target", "fast", tmp_path, confusers=None) == tmp_path / "synthetic" / "target-fast-v2"
+    assert synthetic_devkit("target", "fast", tmp_path, version=2, confusers=None) == tmp_path / "synthetic" / "target-fast-v2"

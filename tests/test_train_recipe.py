@@ -256,3 +256,16 @@ def test_bad_model_settings_stop_before_any_work(tmp_path, flags, message):
     out = subprocess.run(_cli(tmp_path / "run", *flags), cwd=REPO, env=env, capture_output=True, text=True, timeout=60)
     assert out.returncode == 2 and message in out.stderr and "Traceback" not in out.stderr, out.stderr
     assert not (tmp_path / "data").exists()  # no data generated, no stand-in trained first
+
+
+def test_the_data_version_reaches_the_devkit_and_the_standin(tmp_path, monkeypatch):
+    monkeypatch.setenv("SCA_DATA_DIR", str(tmp_path))
+    cfg = TrainConfig.from_mode("fast", attention=None, data_version=2, weights=None, train_images=4, val_images=4)
+    from sca_lib.train import build_datasets
+
+    train_set, _, classes = build_datasets(cfg, verbose=False)
+    assert (tmp_path / "synthetic" / "target-fast-v2").is_dir() and len(train_set) == 4
+    assert standin_path("mobilenet_v3_small", "fast", 32, data_version=2) != standin_path("mobilenet_v3_small", "fast", 32)
+    assert TrainConfig.from_dict({k: v for k, v in cfg.to_dict().items() if k != "data_version"}).data_version == 1
+    with pytest.raises(ValueError, match="data_version must be 1 or 2"):
+        TrainConfig.from_mode("fast", data_version=3)

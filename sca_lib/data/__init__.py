@@ -32,6 +32,7 @@ from .devkit import (
 )
 from .download import VOC2012_TRAINVAL, DownloadError, download_voc
 from .synthetic import (
+    DEFAULT_VERSION,
     LATEST_VERSION,
     SIZES,
     SOURCE_CLASSES,
@@ -70,6 +71,7 @@ __all__ = [
     "parse_annotation",
     "read_classes",
     "SIZES",
+    "DEFAULT_VERSION",
     "LATEST_VERSION",
     "SOURCE_CLASSES",
     "TARGET_CLASSES",

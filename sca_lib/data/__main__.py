@@ -25,7 +25,7 @@ from ..config import data_dir
 from .devkit import DatasetNotFoundError, check_voc_tree, find_devkit, read_classes
 from .download import VOC2012_TRAINVAL, DownloadError, download_voc
 from .synthetic import (
-    LATEST_VERSION,
+    DEFAULT_VERSION,
     VARIANTS,
     VERSIONS,
     generate_synthetic_voc,
@@ -64,8 +64,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     p.add_argument("--size", type=_size, default=None,
                    help="image side N, or MIN-MAX (default 112-144; 96-128 in version 1)")
     p.add_argument("--seed", type=int, default=None)
-    p.add_argument("--version", type=int, default=LATEST_VERSION, choices=VERSIONS,
-                   help=f"devkit version (default {LATEST_VERSION}; 1 is the first CPU study's data)")
+    p.add_argument("--version", type=int, default=DEFAULT_VERSION, choices=VERSIONS,
+                   help=f"devkit version (default {DEFAULT_VERSION}, the committed results' data; 2 is the new "
+                        f"protocol: small objects, confusers, 7x7 maps at 112 px)")
     p.add_argument("--confusers", type=int, default=None,
                    help="version 2's difficulty knob: phantom classes per image (data/README.md)")
     p.add_argument("--force", action="store_true",

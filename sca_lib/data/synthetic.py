@@ -31,7 +31,7 @@ import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Tuple, Union
+from typing import Dict, List, Optional, Tuple, Union
 
 import numpy as np
 
@@ -48,6 +48,7 @@ __all__ = [
     "SIZES",
     "VERSIONS",
     "LATEST_VERSION",
+    "DEFAULT_VERSION",
     "VARIANTS",
     "TARGET_CLASSES",
     "SOURCE_CLASSES",
@@ -66,6 +67,9 @@ __all__ = [
 #: (:mod:`~sca_lib.data.scenes`: small objects, confusers, 7x7 maps at 112 px).
 VERSIONS = (GENERATOR_VERSION, SCENE_VERSION)
 LATEST_VERSION = SCENE_VERSION
+#: The version every function uses when none is given: 1, the data of every committed result, until
+#: the study on version 2 is run and committed; pass ``version=2`` (or ``--version 2``) for the new one.
+DEFAULT_VERSION = GENERATOR_VERSION
 
 #: Written last into ``VOCdevkit/<name>/``: the configuration, the class list and the counts.
 MARKER = "synthetic.json"
@@ -176,7 +180,7 @@ V2_DEFAULTS: Dict[str, Dict] = {
 }
 
 
-def synthetic_classes(variant: str = "target", version: int = LATEST_VERSION) -> Tuple[str, ...]:
+def synthetic_classes(variant: str = "target", version: int = DEFAULT_VERSION) -> Tuple[str, ...]:
     """The 20 class names of a variant (and devkit version), in label order."""
     check_variant(variant)
     if version not in VERSIONS:
@@ -201,7 +205,7 @@ def synthetic_mode(mode: str) -> str:
     return mode
 
 
-def make_config(variant: str = "target", mode: str = "cpu", version: int = LATEST_VERSION,
+def make_config(variant: str = "target", mode: str = "cpu", version: int = DEFAULT_VERSION,
                 **overrides) -> SyntheticConfig:
     """A :class:`SyntheticConfig` of ``version`` (default the latest) at the size of run ``mode``
     (``"fast"`` or ``"cpu"``), plus overrides (None values are ignored)."""
@@ -221,7 +225,7 @@ def make_config(variant: str = "target", mode: str = "cpu", version: int = LATES
 
 
 def synthetic_root(variant: str = "target", mode: str = "cpu", data_dir: Union[str, Path, None] = None,
-                   version: int = LATEST_VERSION) -> Path:
+                   version: int = DEFAULT_VERSION) -> Path:
     """Where a mode's devkit lives by default: ``<data_dir>/synthetic/<variant>-<mode>`` for version
     1, ``...-v<version>`` for later ones, with ``data_dir`` defaulting to :func:`sca_lib.config.data_dir`.
 
@@ -374,7 +378,7 @@ def generate_synthetic_voc(root: Union[str, Path], config: Optional[SyntheticCon
 
 
 def ensure_synthetic(variant: str = "target", mode: str = "cpu", root: Union[str, Path, None] = None,
-                     verbose: bool = True, version: int = LATEST_VERSION, **overrides) -> Path:
+                     verbose: bool = True, version: int = DEFAULT_VERSION, **overrides) -> Path:
     """Return the root of a synthetic devkit, generating it first when missing, damaged or out of date.
 
     ``mode`` (``"fast"`` or ``"cpu"``) sizes it (:data:`SIZES`), ``version`` says how it is drawn
