@@ -94,7 +94,9 @@ def test_skip_finished_runs_and_no_duplicates(tmp_path):
     assert row["run_id"] == config_hash(row["config"]) and row["grid"] == "fast" and row["status"] == "ok"
 
 
-def test_interrupted_grid_finishes_where_it_stopped(tmp_path):
+def _interrupted_on_third_run(tmp_path):
+    """Runs the fast grid into ``tmp_path`` until a KeyboardInterrupt at the third run; returns
+    ``(calls, train)``, the fake trainer's call log and the trainer for the rerun."""
     calls = []
     train = fake_train(calls)
 
@@ -105,6 +107,11 @@ def test_interrupted_grid_finishes_where_it_stopped(tmp_path):
 
     with pytest.raises(KeyboardInterrupt):
         ablate.run_grid("fast", tmp_path, tmp_path / "runs", train_fn=dies_on_third, progress=False)
+    return calls, train
+
+
+def test_interrupted_grid_finishes_where_it_stopped(tmp_path):
+    calls, train = _interrupted_on_third_run(tmp_path)
     assert len(load_results(tmp_path)) == 2
     calls.clear()
     rows = ablate.run_grid("fast", tmp_path, tmp_path / "runs", train_fn=train, progress=False)
@@ -113,16 +120,7 @@ def test_interrupted_grid_finishes_where_it_stopped(tmp_path):
 
 def test_a_partial_last_line_loses_no_row(tmp_path, capsys):
     """Killed mid-write: the next run's row must not be glued onto the partial line and lost."""
-    calls = []
-    train = fake_train(calls)
-
-    def dies_on_third(config, out_dir):
-        if len(calls) == 2:
-            raise KeyboardInterrupt
-        return train(config, out_dir)
-
-    with pytest.raises(KeyboardInterrupt):
-        ablate.run_grid("fast", tmp_path, tmp_path / "runs", train_fn=dies_on_third, progress=False)
+    calls, train = _interrupted_on_third_run(tmp_path)
     with open(tmp_path / "runs.jsonl", "a") as f:
         f.write('{"run_id": "abc", "conf')  # the kill cut this row short
     rows = ablate.run_grid("fast", tmp_path, tmp_path / "runs", train_fn=train, progress=False)
