@@ -37,7 +37,7 @@ from sca_lib.train import TrainConfig, train_classifier
 @contextlib.contextmanager
 def knob(confusers: int, **settings) -> Iterator[None]:
     """Version 2's target devkits get ``confusers`` per image (and ``settings``) while the block runs."""
-    defaults, sizes = synthetic.V2_DEFAULTS["target"], synthetic.SIZES["target"]["cpu"]
+    defaults, sizes = synthetic.V2_DEFAULTS["target"], synthetic.V2_SIZES["target"]["cpu"]
     old, old_sizes = dict(defaults), dict(sizes)
     sizes.update({k: settings.pop(k) for k in ("n_train", "n_val") if k in settings})
     defaults.update(settings, confusers=int(confusers))
@@ -51,9 +51,8 @@ def knob(confusers: int, **settings) -> Iterator[None]:
 
 
 def _stages(epochs: int) -> tuple:
-    """``epochs`` split into the three stage lengths (a single stage trains their sum)."""
-    a = round(epochs * 4 / 14)
-    b = (epochs - a) // 2
+    """``epochs`` split into three stage lengths like the cpu mode's (3, 4, 3) (a single stage trains their sum)."""
+    a, b = round(epochs * 0.3), round(epochs * 0.4)
     return (a, b, epochs - a - b)
 
 
@@ -93,7 +92,7 @@ def run_one(args: argparse.Namespace, confusers: int, seed: int) -> Dict:
     cfgd = s["config"]
     return {
         "confusers": confusers, "object_scale": list(synthetic.make_config("target", "cpu", version=2, **settings).object_scale),
-        "n_train": args.n_train or synthetic.SIZES["target"]["cpu"]["n_train"],
+        "n_train": args.n_train or synthetic.V2_SIZES["target"]["cpu"]["n_train"],
         "train_images": cfgd.get("train_images"),
         "schedule": kind, "lr": cfgd["single_lr"], "optimizer": args.optimizer, "max_grad_norm": cfgd["max_grad_norm"],
         "clip_fraction": s.get("clip_fraction"), "backbone": args.backbone, "image_size": args.image_size,
@@ -123,9 +122,9 @@ def main() -> None:
     ap.add_argument("--confusers", nargs="+", type=int, default=[0, 2, 4])
     ap.add_argument("--backbone", default="mobilenet_v3_small")
     ap.add_argument("--image-size", type=int, default=112)
-    ap.add_argument("--epochs", type=int, default=14)
+    ap.add_argument("--epochs", type=int, default=10, help="default 10, the cpu mode's (3 + 4 + 3)")
     ap.add_argument("--seeds", nargs="+", type=int, default=[0])
-    ap.add_argument("--n-train", type=int, default=None, help="generate this many training images (default 800)")
+    ap.add_argument("--n-train", type=int, default=None, help="generate this many training images (default 1600)")
     ap.add_argument("--train-images", type=int, default=None, help="use the first N training images")
     ap.add_argument("--object-scale", nargs=2, type=float, default=None, metavar=("LO", "HI"),
                     help="object side as a fraction of the shorter image side (default: version 2's)")

@@ -19,7 +19,7 @@ from typing import Any, Dict, Iterable, List, Optional, Tuple, Union
 
 from ._io import atomic_write_text, file_lock, git_commit
 from .spec import SPEC_KEYS, AttentionSpec
-from .studies import config_hash
+from .studies import V1_PROTOCOL, config_hash
 
 __all__ = ["append_row", "read_results", "load_results", "merge_results", "upgrade_row", "check_row",
            "is_finished", "config_hash", "git_commit", "STATUSES"]
@@ -28,6 +28,7 @@ __all__ = ["append_row", "read_results", "load_results", "merge_results", "upgra
 STATUSES = ("ok", "failed")
 
 _SPEC_DEFAULTS = AttentionSpec().to_flat()
+_LEGACY_GRIDS = {"cpu": "cpu_v1"}  # rows written before the grid/mode rename were all made on data version 1
 
 
 def _warn(message: str) -> None:
@@ -39,8 +40,9 @@ def upgrade_row(row: Dict[str, Any]) -> Dict[str, Any]:
 
     Rows written before the rename name the training mode ``config["preset"]`` and the grid
     ``row["preset"]``, and lack the newer spec keys. The upgrade renames them (``"mode"``,
-    ``"grid"``), fills missing spec keys with their defaults, and recomputes the run id from the
-    upgraded config (so skipping, de-duplication and study membership work the same for old and
+    ``"grid"``; the grid ``"cpu"`` of those rows is today's ``"cpu_v1"``), fills missing spec keys
+    with their defaults and the cpu mode's protocol of the time (:data:`~sca_lib.studies.V1_PROTOCOL`:
+    data version 1, 96 px, ...), and recomputes the run id from the upgraded config (so skipping, de-duplication and study membership work the same for old and
     new rows); the id the file holds is kept as ``"stored_run_id"``.
     """
     cfg = row.get("config")
@@ -49,13 +51,17 @@ def upgrade_row(row: Dict[str, Any]) -> Dict[str, Any]:
         return row
     row = dict(row)
     if "preset" in row:
-        row.setdefault("grid", row.pop("preset"))
+        grid = row.pop("preset")
+        row.setdefault("grid", _LEGACY_GRIDS.get(grid, grid))
     if legacy_cfg:
         cfg = dict(cfg)
         if "preset" in cfg:
             cfg.setdefault("mode", cfg.pop("preset"))
         for key in SPEC_KEYS:
             cfg.setdefault(key, _SPEC_DEFAULTS[key])
+        if cfg.get("mode") == "cpu":
+            for key, value in V1_PROTOCOL.items():
+                cfg.setdefault(key, value)
         row["config"] = cfg
         row.setdefault("stored_run_id", row.get("run_id"))
         row["run_id"] = config_hash(cfg)

@@ -13,7 +13,7 @@ for the ``quick`` grid.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
 from ._io import json_hash
@@ -37,6 +37,7 @@ class Study:
         baseline: what the report compares each setting with: ``"plain"`` (the same backbone
             without attention, trained with the study's schedule) or ``"first"`` (the study's
             first setting).
+        seeds: the study's seeds when it runs fewer than its grid's (a costly secondary study).
     """
 
     name: str
@@ -45,6 +46,7 @@ class Study:
     variants: Tuple[Dict[str, Any], ...]
     backbones: Tuple[str, ...]
     baseline: str = "first"
+    seeds: Optional[Tuple[int, ...]] = None
 
     def __post_init__(self) -> None:
         if self.baseline not in ("plain", "first"):
@@ -67,6 +69,10 @@ class Grid:
     ``("variants", "dual")``). A grid that declares them needs at least 5 seeds; the report then
     Holm-corrects the primary comparisons as one family and all other comparisons as another, and
     calls a difference significant only after that correction.
+
+    ``settings`` (training config keys, e.g. ``{"image_size": 112, "data_version": 2}``) go into
+    every point's config, so they are part of its run id; ``placements`` (backbone -> placement)
+    sets where the module goes on that backbone when a setting does not name a placement.
     """
 
     name: str
@@ -76,8 +82,13 @@ class Grid:
     quick: bool = False
     description: str = ""
     primary: Tuple[Tuple[str, str], ...] = ()
+    settings: Mapping[str, Any] = field(default_factory=dict)
+    placements: Mapping[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        clash = sorted({"mode", "backbone", "seed", "attention"} & set(self.settings))
+        if clash:
+            raise ValueError(f"grid {self.name!r}: settings may not set {clash} (the grid and its studies do)")
         names = {s.name for s in self.studies}
         unknown = [p for p in self.primary if p[0] not in names]
         if unknown:
@@ -117,6 +128,29 @@ def _knob_studies(backbone: str, placements: Sequence[str]) -> List[Study]:
 
 _SMALL = ("mobilenet_v3_small",)
 
+#: The cpu mode's protocol of the first CPU study (results/cpu-v1-superseded): data version 1 at
+#: 96 px, masked BCE summed over an image's labels (so the clip at 2.0 set every step), C6's
+#: learning rates, BatchNorm statistics as training left them. Pinned in the ``cpu_v1`` grid.
+V1_PROTOCOL: Dict[str, Any] = dict(data_version=1, image_size=96, loss_reduction="sum_per_image", bn_policy="keep",
+                                   single_lr=0.01, stage_lrs=[0.01, 0.001, 0.0001], stage_epochs=[4, 5, 5])
+
+#: The cpu mode's protocol (``sca_lib.train.MODE_DEFAULTS["cpu"]``), spelled out in the ``cpu`` and
+#: ``quick`` grids so that it is part of every run id.
+CPU_PROTOCOL: Dict[str, Any] = dict(data_version=2, image_size=112, loss_reduction="mean", bn_policy="reestimate",
+                                    single_lr=0.05, stage_lrs=[0.05, 0.005, 0.0005], stage_epochs=[3, 5, 4])
+
+#: Where the module goes on each CPU backbone in the cpu protocol: stride 16, a 7x7 map at 112 px
+#: (the backbones' default placements sit at stride 32: 4x4 at 112 px).
+CPU_PLACEMENTS: Dict[str, str] = {"mobilenet_v3_small": "after_features.8", "resnet18": "layer3.1"}
+
+#: The quick grid (``make main``): the cpu protocol, shortened: the short stand-in, the first 800
+#: training images, ``quick`` stages (2 + 3 + 3 epochs).
+QUICK_PROTOCOL: Dict[str, Any] = {**{k: v for k, v in CPU_PROTOCOL.items() if k != "stage_epochs"},
+                                  "weights": "standin-short", "train_images": 800}
+
+_ATTENTION = tuple(v for v in _VARIANTS if v["attention"] is not None)
+_CPU_PRIMARY = tuple((study, v["attention"]) for study in ("variants", "variants_single") for v in _ATTENTION)
+
 #: The named ablation grids.
 GRIDS: Dict[str, Grid] = {
     "fast": Grid(
@@ -129,19 +163,40 @@ GRIDS: Dict[str, Grid] = {
     ),
     "quick": Grid(
         "quick", "cpu", (0, 1, 2),
-        (Study("variants", "Does attention help, and which path?", "attention", _VARIANTS, _SMALL, baseline="plain"),),
+        (Study("variants", "Does attention help, and which path? (one stage, short)", "attention",
+               tuple({**v, "schedule": "single"} for v in _VARIANTS), _SMALL, baseline="plain"),),
         quick=True,
-        description="README main job: 4 variants x 3 seeds on the synthetic devkit (data generation and "
-                    "stand-in pre-training included).",
+        description="README main job: 4 variants x 3 seeds, single-stage and shortened, on the synthetic devkit "
+                    "(data generation and stand-in pre-training included).",
+        settings=QUICK_PROTOCOL, placements=CPU_PLACEMENTS,
     ),
     "cpu": Grid(
-        "cpu", "cpu", (0, 1, 2),
+        "cpu", "cpu", (0, 1, 2, 3, 4),
+        (Study("variants", "Does attention help under the article's staged recipe?", "attention", _VARIANTS, _SMALL,
+               baseline="plain"),
+         Study("variants_single", "Does attention help when the whole network trains in one stage?", "attention",
+               tuple({**v, "schedule": "single"} for v in _VARIANTS), _SMALL, baseline="plain"),
+         Study("recipe", "What does the staged recipe do? Plain model: the same stages at a constant learning "
+               "rate, one stage, a linear probe of the frozen stand-in", "schedule",
+               tuple({"attention": None, "schedule": s} for s in ("staged", "staged_constant", "single", "probe")),
+               _SMALL),
+         Study("resnet18", "Does it hold on a ResNet? (ResNet18, one stage, 3 seeds)", "attention",
+               ({"attention": None, "schedule": "single"}, {"attention": "dual", "schedule": "single"}),
+               ("resnet18",), baseline="plain", seeds=(0, 1, 2))),
+        description="The committed CPU study (results/cpu/): synthetic devkit version 2 at 112 px, 5 seeds "
+                    "(3 for ResNet18), six primary comparisons declared here before it ran.",
+        primary=_CPU_PRIMARY, settings=CPU_PROTOCOL, placements=CPU_PLACEMENTS,
+    ),
+    "cpu_v1": Grid(
+        "cpu_v1", "cpu", (0, 1, 2),
         (_variants_study(_SMALL),
          Study("variants_single", "The same variants trained in one stage (whole network, LR 0.01)", "attention",
                tuple({**v, "schedule": "single"} for v in _variants_study(_SMALL).variants), _SMALL,
                baseline="plain"),
          *_knob_studies("mobilenet_v3_small", ("after_features.3", "after_features.8", "after_features.12", "replace_se"))),
-        description="The committed CPU study (results/cpu/): every study, 3 seeds, synthetic devkit.",
+        description="Superseded: the first CPU study (results/cpu-v1-superseded/), every model near chance; "
+                    "synthetic devkit version 1 at 96 px, 3 seeds.",
+        settings=V1_PROTOCOL,
     ),
     "full": Grid(
         "full", "full", (0, 1, 2),
@@ -199,10 +254,12 @@ def build_grid(grid: str, only: Optional[Iterable[str]] = None,
             for variant in study.variants:
                 if variant.get("attention") == "lite" and not backbone.startswith("mobilenet"):
                     continue
-                for seed in (seeds if seeds is not None else g.seeds):
-                    base: Dict[str, Any] = {"mode": g.mode, "backbone": backbone, "seed": int(seed)}
+                for seed in (seeds if seeds is not None else study.seeds or g.seeds):
+                    base: Dict[str, Any] = {"mode": g.mode, "backbone": backbone, "seed": int(seed), **g.settings}
                     if g.quick:
                         base["quick"] = True
+                    if variant.get("attention") is not None and backbone in g.placements:
+                        base["placement"] = g.placements[backbone]
                     config = normalise({**base, **variant})
                     rid = config_hash(config)
                     if rid in seen:

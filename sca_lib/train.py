@@ -49,7 +49,8 @@ from .losses import masked_bce_with_logits
 from .profile import count_flops, count_parameters
 from .schedule import Stage, schedule_from_dicts, single_stage_schedule, staged_schedule
 from .spec import SPEC_KEYS, AttentionSpec
-from .standin import pretrain_standin, synthetic_devkit
+from .standin import pretrain_standin, standin_record, synthetic_devkit
+from .studies import CPU_PLACEMENTS, CPU_PROTOCOL
 
 __all__ = ["TrainConfig", "MODE_DEFAULTS", "SCHEDULES", "QUICK_STAGE_EPOCHS", "train_classifier", "train_from_config",
            "build_schedule", "build_model", "build_datasets", "main"]
@@ -58,11 +59,19 @@ __all__ = ["TrainConfig", "MODE_DEFAULTS", "SCHEDULES", "QUICK_STAGE_EPOCHS", "t
 MODE_DEFAULTS: Dict[str, Dict[str, Any]] = {
     "fast": dict(dataset="synthetic", image_size=32, batch_size=16, stage_epochs=(1, 1, 1), weights="standin",
                  backbone="mobilenet_v3_small", cache_images=True, num_workers=0),
-    "cpu": dict(dataset="synthetic", image_size=96, batch_size=32, stage_epochs=(4, 5, 5), weights="standin",
-                backbone="mobilenet_v3_small", cache_images=True, num_workers=0),
+    "cpu": dict(dataset="synthetic", batch_size=32, weights="standin",
+                backbone="mobilenet_v3_small", cache_images=True, num_workers=0, **CPU_PROTOCOL),
     "full": dict(dataset="voc", image_size=224, batch_size=64, stage_epochs=(5, 10, 15), weights="DEFAULT",
                  backbone="resnet50", cache_images=False, num_workers=8),
 }
+
+#: Where each mode puts the module when a spec names no placement (else the backbone's default):
+#: the cpu protocol's stride-16 placements, a 7x7 map at 112 px (``sca_lib.studies.CPU_PLACEMENTS``).
+MODE_PLACEMENTS: Dict[str, Dict[str, str]] = {"cpu": dict(CPU_PLACEMENTS)}
+
+#: ``weights`` values that name a stand-in pre-trained on the synthetic source set, and its recipe:
+#: ``"standin"`` (the mode's), ``"standin-short"`` (the same source set, five times shorter; the quick grid's).
+STANDINS: Dict[str, Optional[str]] = {"standin": None, "standin-short": "short"}
 
 #: Named schedules: the article's recipe, one stage, and the two controls (see :class:`TrainConfig`).
 SCHEDULES = ("staged", "single", "staged_constant", "probe")
@@ -158,7 +167,7 @@ class TrainConfig:
 
         The attention spec's fields may be given flat (``attention="dual", reduction=16``).
         ``quick=True`` shortens the stages to :data:`QUICK_STAGE_EPOCHS` unless ``stage_epochs`` is
-        given. Unknown keys raise ValueError listing the valid ones.
+        given. An attention spec without a placement gets the mode's (:data:`MODE_PLACEMENTS`). Unknown keys raise ValueError listing the valid ones.
         """
         mode = check_mode(mode, "mode")
         names = {f.name for f in dataclasses.fields(cls)} | set(SPEC_KEYS)
@@ -166,8 +175,8 @@ class TrainConfig:
         if unknown:
             raise ValueError(f"TrainConfig has no field(s) {unknown}; valid fields: {', '.join(sorted(names))}")
         kw: Dict[str, Any] = dict(MODE_DEFAULTS[mode])
-        if overrides.get("quick") and "stage_epochs" not in overrides:
-            kw["stage_epochs"] = QUICK_STAGE_EPOCHS
+        if overrides.get("quick"):
+            kw["stage_epochs"] = QUICK_STAGE_EPOCHS  # an explicit stage_epochs (below) still wins
         spec = overrides.pop("attention", "dual")
         flat = {k: overrides.pop(k) for k in SPEC_KEYS if k in overrides}
         if isinstance(spec, AttentionSpec):
@@ -175,6 +184,9 @@ class TrainConfig:
         else:
             spec = AttentionSpec.from_flat({"attention": spec, **flat})
         kw.update(overrides)
+        placement = MODE_PLACEMENTS.get(mode, {}).get(kw.get("backbone", ""))
+        if spec.kind is not None and spec.placement is None and placement is not None:
+            spec = dataclasses.replace(spec, placement=placement)  # the mode's protocol: a 7x7 map on the CPU
         return cls(mode=mode, attention=spec, **{k: v for k, v in kw.items() if k != "mode"})
 
     @classmethod
@@ -233,12 +245,12 @@ def build_datasets(config: TrainConfig, verbose: bool = True) -> Tuple[Dataset, 
 
 
 def _resolve_weights(config: TrainConfig, progress: bool) -> Optional[str]:
-    if config.weights != "standin":
+    if config.weights not in STANDINS:
         return config.weights
     mode = config.mode if config.mode != "full" else "cpu"
     return str(pretrain_standin(config.backbone, mode, config.image_size, progress=progress,
-                                data_version=config.data_version,
-                                data_root=config.data_root))
+                                data_version=config.data_version, data_root=config.data_root,
+                                recipe=STANDINS[config.weights]))
 
 
 def build_model(config: TrainConfig, num_classes: int = 20, weights: Optional[str] = None,
@@ -307,6 +319,9 @@ def train_classifier(config: Union[TrainConfig, Dict[str, Any]], out_dir: Union[
         # chance and prior on this split (the prior's loss in the training loss's reduction)
         "reference": reference_lines(labels_of(train_set), labels_of(val_set), reduction=cfg.loss_reduction),
     })
+    if weights is not None and Path(weights).with_suffix(".json").exists():  # a stand-in: which weights exactly
+        rec = standin_record(weights)
+        summary["standin"] = {k: rec.get(k) for k in ("weights_digest", "source_val_mAP", "source_val_top1")}
     if info.is_main:
         slim = {k: v for k, v in summary.items() if k != "history"}
         atomic_write_text(out_dir / "summary.json", json.dumps(jsonable(slim), indent=1) + "\n")

@@ -24,7 +24,7 @@ def fake_train(calls):
 
 
 def test_grid_is_deterministic_and_deduplicates_shared_configs():
-    g1, g2 = studies.build_grid("cpu"), studies.build_grid("cpu")
+    g1, g2 = studies.build_grid("cpu_v1"), studies.build_grid("cpu_v1")
     assert [p["run_id"] for p in g1] == [p["run_id"] for p in g2]
     ids = [p["run_id"] for p in g1]
     assert len(ids) == len(set(ids))
@@ -34,7 +34,27 @@ def test_grid_is_deterministic_and_deduplicates_shared_configs():
     assert {s for p in g1 for s in p["studies"]} == {"variants", "variants_single", "placement", "reduction",
                                                      "strength", "dropout", "schedule", "init"}
     assert all(p["config"]["seed"] in (0, 1, 2) for p in g1)
-    assert [len(studies.build_grid(g)) for g in ("fast", "quick", "cpu", "full")] == [10, 12, 57, 69]
+    assert [len(studies.build_grid(g)) for g in ("fast", "quick", "cpu_v1", "full")] == [10, 12, 57, 69]
+
+
+def test_the_cpu_grid_spells_out_its_protocol_and_places_the_module_at_a_7x7_map():
+    points = studies.build_grid("cpu")
+    # 4 variants x 2 schedules, 2 more recipe controls (5 seeds each); 2 ResNet18 settings (3 seeds)
+    assert len(points) == (8 + 2) * 5 + 2 * 3
+    assert {s for p in points for s in p["studies"]} == {"variants", "variants_single", "recipe", "resnet18"}
+    for p in points:
+        c = p["config"]
+        assert {k: c[k] for k in studies.CPU_PROTOCOL} == studies.CPU_PROTOCOL and c["data_version"] == 2
+        if c["attention"] is not None:
+            assert c["placement"] == studies.CPU_PLACEMENTS[c["backbone"]]
+    plain = [p for p in points if p["config"]["attention"] is None and p["config"]["schedule"] == "staged"]
+    assert plain[0]["studies"] == ["variants", "recipe"]  # one run serves both studies
+    assert len(studies.GRIDS["cpu"].primary) == 6 and len(studies.GRIDS["cpu"].seeds) >= 5
+    # the protocol changes the run id: the same model on the first protocol is another run
+    v1 = {p["run_id"] for p in studies.build_grid("cpu_v1")}
+    assert not v1 & {p["run_id"] for p in points}
+    with pytest.raises(ValueError, match="settings may not set"):
+        studies.Grid("x", "cpu", (0,), (), settings={"seed": 1})
 
 
 def test_grid_configs_follow_the_training_contract():
@@ -43,7 +63,7 @@ def test_grid_configs_follow_the_training_contract():
     for name, grid in studies.GRIDS.items():
         for p in studies.build_grid(name):
             c = p["config"]
-            assert set(c) == contract | ({"quick"} if grid.quick else set()), name
+            assert set(c) == contract | ({"quick"} if grid.quick else set()) | set(grid.settings), name
             assert c["mode"] == grid.mode and p["run_id"] == config_hash(c)
     quick = studies.build_grid("quick")[0]["config"]
     assert quick["quick"] is True and quick["mode"] == "cpu"

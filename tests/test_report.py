@@ -14,7 +14,7 @@ from sca_lib import report, studies
 from sca_lib.results import append_row
 
 ROOT = Path(__file__).resolve().parent.parent
-COMMITTED = ROOT / "results" / "cpu"
+COMMITTED = ROOT / "results" / "cpu-v1-superseded"
 
 
 def test_t_interval_matches_hand_computation():
@@ -73,13 +73,13 @@ def test_write_report_files(tmp_path):
 
 def test_the_committed_results_regenerate_the_same_tables(tmp_path, monkeypatch):
     """Byte for byte, from the committed (older-format) rows, with the command the header names."""
-    (tmp_path / "results" / "cpu").mkdir(parents=True)
+    (tmp_path / "results" / COMMITTED.name).mkdir(parents=True)
     for f in COMMITTED.glob("*.jsonl"):
-        shutil.copy(f, tmp_path / "results" / "cpu" / f.name)
+        shutil.copy(f, tmp_path / "results" / COMMITTED.name / f.name)
     monkeypatch.chdir(tmp_path)
-    report.write_report(Path("results/cpu"), figures=False, quiet=True)
+    report.write_report(Path("results") / COMMITTED.name, figures=False, quiet=True)
     for name in ("summary.md", "summary.csv"):
-        assert (tmp_path / "results" / "cpu" / name).read_bytes() == (COMMITTED / name).read_bytes(), name
+        assert (tmp_path / "results" / COMMITTED.name / name).read_bytes() == (COMMITTED / name).read_bytes(), name
 
 
 def test_rows_of_the_wrong_shape_do_not_crash_the_report(tmp_path, capsys):

@@ -9,7 +9,7 @@ import pytest
 from sca_lib import results, studies
 from sca_lib.spec import SPEC_KEYS
 
-COMMITTED = Path(__file__).resolve().parent.parent / "results" / "cpu"
+COMMITTED = Path(__file__).resolve().parent.parent / "results" / "cpu-v1-superseded"
 
 
 def _row(run_id="r1", **kw):
@@ -23,9 +23,9 @@ def _row(run_id="r1", **kw):
 def test_committed_rows_load_upgraded_to_the_current_format():
     rows = results.load_results(COMMITTED)
     assert len(rows) == 57
-    grid = {p["run_id"]: p for p in studies.build_grid("cpu")}
+    grid = {p["run_id"]: p for p in studies.build_grid("cpu_v1")}
     for r in rows:
-        assert r["grid"] == "cpu" and "preset" not in r
+        assert r["grid"] == "cpu_v1" and "preset" not in r
         c = r["config"]
         assert c["mode"] == "cpu" and "preset" not in c and set(SPEC_KEYS) <= set(c)
         assert r["run_id"] == results.config_hash(c) and r["stored_run_id"] != r["run_id"]
