@@ -44,10 +44,10 @@ sync-url: $(VENV)/.installed
 distclean:
 	rm -rf $(VENV) *.egg-info .pytest_cache
 
-## make data: generate the default synthetic VOC-format devkits into data/synthetic/ (seconds; no internet).
+## make data: generate the synthetic VOC-format devkits the fast and cpu modes use into data/synthetic/ (under a minute; no internet).
 ## Real VOC2012 (2 GB): `$(PY) -m sca_lib.data download-voc --root data` (see data/README.md).
 data: $(VENV)/.installed
 	$(PY) -m sca_lib.data synthetic --variant target --mode fast
-	$(PY) -m sca_lib.data synthetic --variant target --mode cpu
+	$(PY) -m sca_lib.data synthetic --variant target --mode cpu --version 2
 	$(PY) -m sca_lib.data synthetic --variant source --mode fast
-	$(PY) -m sca_lib.data synthetic --variant source --mode cpu
+	$(PY) -m sca_lib.data synthetic --variant source --mode cpu --version 2

@@ -65,6 +65,10 @@ def run_one(args: argparse.Namespace, confusers: int, seed: int) -> Dict:
         over["single_lr"] = args.lr
     if args.no_clip:
         over["max_grad_norm"] = None
+    if args.loss_reduction:
+        over["loss_reduction"] = args.loss_reduction
+    if args.bn_policy:
+        over["bn_policy"] = args.bn_policy
     if args.probe:
         over["schedule"] = [{"name": "probe", "epochs": args.epochs, "lr": args.probe_lr, "groups": ["head"]}]
     else:
@@ -76,6 +80,8 @@ def run_one(args: argparse.Namespace, confusers: int, seed: int) -> Dict:
         settings["n_train"] = args.n_train
     scale = "-o{:g}-{:g}".format(*args.object_scale) if args.object_scale else ""
     scale += (f"-lr{args.lr:g}" if args.lr is not None else "") + ("-noclip" if args.no_clip else "")
+    scale += f"-{args.loss_reduction}" if args.loss_reduction else ""
+    scale += f"-bn{args.bn_policy}" if args.bn_policy else ""
     scale += f"-{args.optimizer}" if args.optimizer != "sgd" else ""
     scale += f"-n{args.n_train}" if args.n_train else ""
     out_dir = Path(args.data_root) / "runs" / f"{args.backbone}-{args.image_size}px-c{confusers}{scale}-{kind}-s{seed}"
@@ -95,7 +101,8 @@ def run_one(args: argparse.Namespace, confusers: int, seed: int) -> Dict:
         "n_train": args.n_train or synthetic.V2_SIZES["target"]["cpu"]["n_train"],
         "train_images": cfgd.get("train_images"),
         "schedule": kind, "lr": cfgd["single_lr"], "optimizer": args.optimizer, "max_grad_norm": cfgd["max_grad_norm"],
-        "clip_fraction": s.get("clip_fraction"), "backbone": args.backbone, "image_size": args.image_size,
+        "clip_fraction": s.get("clip_fraction"), "loss_reduction": cfgd["loss_reduction"],
+        "mAP_before_bn": s.get("mAP_before_bn"), "backbone": args.backbone, "image_size": args.image_size,
         "epochs": args.epochs, "seed": seed, "mAP": s["mAP"], "top1": s["top1"], "val_loss": s["val_loss"],
         "chance_mAP": ref["chance_mAP"], "chance_mAP_max": ref["chance_mAP_max"], "prior_mAP": ref["prior_mAP"],
         "prior_val_loss": ref["prior_val_loss"], "wall_time_s": s["wall_time_s"],
@@ -131,6 +138,10 @@ def main() -> None:
     ap.add_argument("--lr", type=float, default=None, help="single-stage learning rate (default: the mode's)")
     ap.add_argument("--optimizer", default="sgd", choices=["sgd", "adamw"], help="default: the engine's (SGD)")
     ap.add_argument("--no-clip", action="store_true", help="no gradient clipping (max_grad_norm=None)")
+    ap.add_argument("--loss-reduction", default=None, choices=["mean", "sum_per_image"],
+                    help="the masked BCE's reduction (default: the cpu mode's, mean)")
+    ap.add_argument("--bn-policy", default=None, choices=["reestimate", "keep"],
+                    help="BatchNorm before the final evaluation (default: the cpu mode's, reestimate)")
     ap.add_argument("--probe", action="store_true", help="train the head alone on the frozen stand-in")
     ap.add_argument("--probe-lr", type=float, default=0.01)
     ap.add_argument("--data-root", type=Path, default=Path("data") / "calibration")

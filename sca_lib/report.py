@@ -69,6 +69,11 @@ _REFERENCE_KEYS = ("chance_mAP", "chance_mAP_sd", "chance_top1", "prior_mAP", "p
 #: Table rows drawn from them, per metric: (setting label, column).
 _REFERENCE_ROWS = (("chance (random scores)", "chance_{metric}"), ("prior (image-blind)", "prior_{metric}"))
 
+def _digits(metric: str) -> int:
+    """Decimals a metric is printed with: percentages 1, a loss 3."""
+    return 3 if metric.endswith("loss") else 1
+
+
 #: The columns of :func:`results_frame` taken from a run's config.
 CONFIG_COLUMNS = ("backbone",) + SPEC_KEYS + ("schedule", "seed")
 
@@ -94,9 +99,13 @@ def results_frame(rows: List[Dict[str, Any]]) -> pd.DataFrame:
         base.update(run_id=r["run_id"], grid=grid, mAP=100 * float(r["mAP"]), top1=100 * float(r["top1"]),
                     params=r.get("params_total"), flops=r.get("flops"), wall_time_s=r.get("wall_time_s"),
                     images_per_s=r.get("images_per_s"), git_commit=r.get("git_commit"))
+        if r.get("val_loss") is not None:
+            base["val_loss"] = float(r["val_loss"])
         ref = r.get("reference")
-        if isinstance(ref, dict):  # chance and prior lines of the run's split (in percent)
+        if isinstance(ref, dict):  # chance and prior lines of the run's split (in percent; the prior's loss as it is)
             base.update({k: 100 * float(ref[k]) for k in _REFERENCE_KEYS if ref.get(k) is not None})
+            if ref.get("prior_val_loss") is not None:
+                base["prior_val_loss"] = float(ref["prior_val_loss"])
         for study in studies:
             records.append({"study": study, **base})
     return pd.DataFrame(records)
@@ -132,6 +141,7 @@ def study_table(df: pd.DataFrame, study: str, metric: str = "mAP") -> pd.DataFra
     if st is not None and st.baseline == "plain":  # reference: same backbone and schedule, no attention
         refs = df[(df.attention == "none") & (df.schedule == st.schedule)]
     sub["setting"] = sub.apply(lambda r: _label(st, r), axis=1)
+    dg = _digits(metric)
     out = []
     for backbone, grp in sub.groupby("backbone", sort=False):
         order = list(dict.fromkeys(grp["setting"]))
@@ -151,9 +161,9 @@ def study_table(df: pd.DataFrame, study: str, metric: str = "mAP") -> pd.DataFra
             is_ref = setting == ref_name
             out.append({
                 "study": study, "backbone": backbone, "setting": setting, "n seeds": n,
-                f"{metric} mean": m, f"{metric} 95% CI": f"[{lo:.1f}, {hi:.1f}]",
+                f"{metric} mean": m, f"{metric} 95% CI": f"[{lo:.{dg}f}, {hi:.{dg}f}]",
                 "vs": ref_name, "diff": np.nan if is_ref else d,
-                "diff 95% CI": "" if is_ref or dn < 2 else f"[{dlo:.1f}, {dhi:.1f}]",
+                "diff 95% CI": "" if is_ref or dn < 2 else f"[{dlo:.{dg}f}, {dhi:.{dg}f}]",
                 "significant": "" if is_ref or dn < 2 else ("yes" if (dlo > 0 or dhi < 0) else "no"),
                 "params (M)": g["params"].iloc[0] / 1e6 if g["params"].notna().any() else np.nan,
                 "wall s/run": g["wall_time_s"].mean(),
@@ -201,7 +211,8 @@ def correct(tables: Sequence[pd.DataFrame], primary: Sequence[Tuple[str, str]]) 
         for (t, i), adj in zip(members, adjusted):
             d = t.at[i, "_diffs"]
             _, lo, hi, _ = paired_difference(d, {k: 0.0 for k in d}, level=1 - 0.05 / len(members))
-            t.loc[i, _CORRECTED] = [family, f"{t.at[i, '_p']:.3f}", f"{adj:.3f}", f"[{lo:.1f}, {hi:.1f}]"]
+            dg = _digits(str(t.columns[t.columns.str.endswith(" mean")][0])[:-5])
+            t.loc[i, _CORRECTED] = [family, f"{t.at[i, '_p']:.3f}", f"{adj:.3f}", f"[{lo:.{dg}f}, {hi:.{dg}f}]"]
             t.at[i, "significant"] = "yes" if adj < 0.05 else "no"
 
 
@@ -285,8 +296,9 @@ def _md(table: pd.DataFrame, metric: str) -> str:
     if "family" in table:  # Holm-corrected: the family, p-values and the family's Bonferroni interval
         cols = cols[:-1] + _CORRECTED + ["significant"]
     t = table[cols].copy()
-    t[f"{metric} mean"] = t[f"{metric} mean"].map(lambda v: f"{v:.1f}")
-    t["diff"] = t["diff"].map(lambda v: "" if pd.isna(v) else f"{v:+.1f}")
+    dg = _digits(metric)
+    t[f"{metric} mean"] = t[f"{metric} mean"].map(lambda v: f"{v:.{dg}f}")
+    t["diff"] = t["diff"].map(lambda v: "" if pd.isna(v) else f"{v:+.{dg}f}")
     header = "| " + " | ".join(cols) + " |\n|" + "---|" * len(cols) + "\n"
     return header + "".join("| " + " | ".join(str(v) for v in row) + " |\n" for row in t.itertuples(index=False))
 
@@ -303,11 +315,12 @@ def _failed_md(failed: List[Dict[str, Any]], grids: Sequence[str]) -> str:
     return "".join(lines)
 
 
-def write_report(results_dir: Path, metrics: Sequence[str] = ("mAP", "top1"), figures: bool = True,
+def write_report(results_dir: Path, metrics: Optional[Sequence[str]] = None, figures: bool = True,
                  quiet: bool = False) -> Dict[str, pd.DataFrame]:
     """Write summary.md, summary.csv and one figure per study into ``results_dir``; returns the tables.
 
-    Failed runs are left out of the tables and listed at the end of summary.md.
+    ``metrics`` default: mAP and top-1, and the validation loss when the runs recorded the prior's
+    loss to hold it against. Failed runs are left out of the tables and listed at the end of summary.md.
     """
     results_dir = Path(results_dir)
     rows = load_results(results_dir)
@@ -319,6 +332,9 @@ def write_report(results_dir: Path, metrics: Sequence[str] = ("mAP", "top1"), fi
     finished = [r for r in rows if is_finished(r)]
     failed = [r for r in rows if not is_finished(r)]
     df = results_frame(finished)
+    if metrics is None:
+        has_loss = all(c in df and df[c].notna().all() for c in ("val_loss", "prior_val_loss"))
+        metrics = ("mAP", "top1") + (("val_loss",) if has_loss else ())
     studies = list(dict.fromkeys(df["study"])) if len(df) else []
     commits = sorted(set(df["git_commit"].dropna())) if len(df) else []
     tables: Dict[str, pd.DataFrame] = {}
@@ -346,7 +362,8 @@ def write_report(results_dir: Path, metrics: Sequence[str] = ("mAP", "top1"), fi
             t = tables[f"{study}/{metric}"]
             if metric == metrics[0]:
                 lines.append(f"\n## {study}: {question}\n\n")
-            lines.append(f"\n{metric} (%):\n\n" + _md(t, metric))
+            unit = "validation loss, masked BCE in the runs' reduction" if metric == "val_loss" else "%"
+            lines.append(f"\n{metric} ({unit}):\n\n" + _md(t, metric))
         if figures:
             fig = plot_study(df, tables[f"{study}/{metrics[0]}"], study, metrics[0],
                              f"{study}: {question} ({results_dir.name} grid)")

@@ -9,9 +9,12 @@ from it and runs :class:`sca_lib.engine.Trainer`. What each run mode sets (:data
 
 - ``fast``: CI plumbing. The synthetic devkit's fast size at 32 px, stages of 1 epoch each, the
   fast stand-in backbone.
-- ``cpu``: small but real on a 2-core CPU. The synthetic devkit's cpu size (800 train / 400 val)
-  at 96 px, stages of 4, 5 and 5 epochs, the backbone pre-trained on the synthetic source set
-  (:mod:`sca_lib.standin`). On a machine shared with other jobs use ``OMP_NUM_THREADS=1``.
+- ``cpu``: small but real on a 2-core CPU (:data:`sca_lib.studies.CPU_PROTOCOL`). The synthetic
+  devkit version 2 at its cpu size (1,600 train / 400 val) at 112 px, the module where the map is
+  7x7 (:data:`MODE_PLACEMENTS`), stages of 3, 5 and 4 epochs at LR 0.05, 0.005 and 0.0005 (C6's
+  shape), the masked BCE averaged over labels (so C7's clip at 2.0 is a guard, not the optimiser),
+  BatchNorm re-estimated before the final evaluation, the backbone pre-trained on the synthetic
+  source set (:mod:`sca_lib.standin`). On a machine shared with other jobs use ``OMP_NUM_THREADS=1``.
 - ``full``: the article's protocol for a GPU. Real VOC2012 train/val, ImageNet weights, 224 px,
   stages of 5, 10 and 15 epochs (C6 gives 1-5, 6-15 and "16+"; we stop stage 3 after 15 epochs),
   AMP and channels_last.
@@ -359,14 +362,15 @@ def _parser() -> argparse.ArgumentParser:
     AttentionSpec.add_arguments(p)
     p.add_argument("--schedule", default="staged", choices=SCHEDULES)
     p.add_argument("--bn-policy", default=None, choices=["keep", "reestimate"],
-                   help="re-estimate trainable BatchNorm statistics before the final evaluation (default keep)")
+                   help="re-estimate trainable BatchNorm statistics before the final evaluation (default: the "
+                        "mode's; cpu reestimate)")
     p.add_argument("--stage-epochs", default=None, help="three stage lengths, e.g. 5,10,15")
-    p.add_argument("--single-lr", type=float, default=None, help="learning rate of --schedule single (0.01)")
+    p.add_argument("--single-lr", type=float, default=None, help="learning rate of --schedule single (default: the mode's; cpu 0.05)")
     p.add_argument("--image-size", type=int, default=None)
     p.add_argument("--batch-size", type=int, default=None, help="per process")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--loss-reduction", default=None, choices=["sum_per_image", "mean"],
-                   help="masked BCE summed over an image's labels (default) or averaged over them")
+                   help="masked BCE summed over an image's labels or averaged over them (default: the mode's; cpu mean)")
     p.add_argument("--weights", default=None, help="standin | DEFAULT | none | path to a plain model's state_dict")
     p.add_argument("--data-root", default=None, help="folder holding VOCdevkit/ and pretrained/ (default: the "
                    "data dir, $SCA_DATA_DIR or data/)")

@@ -2,6 +2,7 @@
 
 import json
 
+import numpy as np
 import pytest
 
 from sca_lib import ablate, studies
@@ -242,6 +243,13 @@ def test_fast_grid_end_to_end_with_the_real_engine(tmp_path):
     assert 0 < t.loc["chance (random scores)", "mAP mean"] < 100
     assert t.loc["dual", "family"] == "primary" and t.loc["dual", "p (Holm)"] != ""
     assert t.loc["dual", "significant"] == ("yes" if float(t.loc["dual", "p (Holm)"]) < 0.05 else "no")
+    # the validation loss against the prior's loss, in the loss's own units
+    loss = tables["variants/val_loss"].set_index("setting")
+    assert loss.loc["prior (image-blind)", "val_loss mean"] == pytest.approx(
+        np.mean([r["reference"]["prior_val_loss"] for r in rows]))
+    assert "chance (random scores)" not in loss.index
+    md = (tmp_path / "res" / "summary.md").read_text()
+    assert "val_loss (validation loss" in md and "| prior (image-blind) |" in md
 
 
 def test_command_line_errors_are_reasons_not_tracebacks(tmp_path, capsys):

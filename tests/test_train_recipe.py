@@ -22,7 +22,9 @@ from sca_lib.train import (
     train_classifier,
     train_from_config,
 )
-from sca_lib.standin import pretrain_standin, standin_path, synthetic_devkit
+from sca_lib.standin import _spec, pretrain_standin, standin_path, standin_record, synthetic_devkit
+from sca_lib.studies import CPU_PROTOCOL, V1_PROTOCOL
+from sca_lib.config import repo_root
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -43,6 +45,7 @@ def test_config_modes_and_json_round_trip():
     full = TrainConfig.from_mode("full")
     assert (full.image_size, full.weights, full.dataset, full.stage_epochs) == (224, "DEFAULT", "voc", (5, 10, 15))
     assert TrainConfig.from_mode("cpu", quick=True).stage_epochs == (2, 3, 3)
+    assert TrainConfig.from_mode("cpu", quick=True, stage_epochs=(1, 1, 1)).stage_epochs == (1, 1, 1)
     with pytest.raises(ValueError, match="no field"):
         TrainConfig.from_mode("fast", learning_rate=1)
     with pytest.raises(ValueError, match="takes no attention settings"):
@@ -59,6 +62,35 @@ def test_config_modes_and_json_round_trip():
     # a config written before the run mode had one name still loads
     legacy = {k: v for k, v in d.items() if k not in ("mode", "alpha", "beta")}
     assert TrainConfig.from_dict({**legacy, "preset": "fast", "data_preset": "fast", "nan_at_step": None}) == cfg
+
+
+def test_the_cpu_mode_is_the_cpu_protocol_with_its_placements():
+    cpu = TrainConfig.from_mode("cpu", attention="dual")
+    assert {k: getattr(cpu, k) for k in CPU_PROTOCOL} == {k: (tuple(v) if isinstance(v, list) else v)
+                                                          for k, v in CPU_PROTOCOL.items()}
+    assert (cpu.data_version, cpu.image_size, cpu.loss_reduction, cpu.bn_policy) == (2, 112, "mean", "reestimate")
+    # the module goes where the map is 7x7 at 112 px, unless a placement is named
+    assert cpu.attention.placement == "after_features.8"
+    assert TrainConfig.from_mode("cpu", backbone="resnet18", attention="dual").attention.placement == "layer3.1"
+    assert TrainConfig.from_mode("cpu", attention="dual", placement="after_features.12").attention.placement == \
+        "after_features.12"
+    assert TrainConfig.from_mode("cpu", attention=None).attention.placement is None
+    assert TrainConfig.from_mode("fast", attention="dual").attention.placement is None  # the backbone's default
+    model = build_classifier("mobilenet_v3_small", attention=cpu.attention)
+    feats = model.features[:9](torch.zeros(1, 3, 112, 112))
+    assert feats.shape[-2:] == (7, 7)
+    # the first protocol's settings are pinned for its grid, and differ where the cpu mode changed
+    assert V1_PROTOCOL["image_size"] == 96 and V1_PROTOCOL["data_version"] == 1
+
+
+def test_the_short_standin_is_another_cache_entry(tmp_path):
+    long, short = (standin_path("mobilenet_v3_small", "cpu", 112, tmp_path, 2, recipe=r) for r in (None, "short"))
+    assert long != short and long.parent == short.parent
+    assert _spec("mobilenet_v3_small", "cpu", 112, 2, "short")["epochs"] < _spec("mobilenet_v3_small", "cpu", 112, 2)["epochs"]
+    assert _spec("resnet18", "cpu", 112, 2)["epochs"] < _spec("mobilenet_v3_small", "cpu", 112, 2)["epochs"]
+    with pytest.raises(ValueError, match="no stand-in pre-training recipe 'cpu-huge'"):
+        standin_path("mobilenet_v3_small", "cpu", 112, tmp_path, 2, recipe="huge")
+    assert TrainConfig.from_mode("cpu", weights="standin-short").weights == "standin-short"
 
 
 def test_the_control_schedules():
@@ -137,6 +169,9 @@ def test_fast_run_summary_and_same_seed_same_metrics(tmp_path):
     ref = a["reference"]  # the split's chance and prior lines travel with every result
     assert 0 < ref["chance_mAP"] < 1 and ref["chance_draws"] == 200 and ref["prior_val_loss"] > 0
     assert a["params_trainable"] == a["params_total"]  # stage 3 trains everything
+    # which stand-in weights exactly: the digest of the file the run loaded
+    assert a["standin"]["weights_digest"] == standin_record(a["weights"] if Path(a["weights"]).is_absolute()
+                                                            else repo_root() / a["weights"])["weights_digest"]
     assert (tmp_path / "a" / "summary.json").exists() and (tmp_path / "a" / "log.csv").exists()
     b = train_classifier(cfg.to_dict(), tmp_path / "b", progress=False)
     assert (a["mAP"], a["top1"], a["val_loss"]) == (b["mAP"], b["top1"], b["val_loss"])
