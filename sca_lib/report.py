@@ -272,9 +272,10 @@ def plot_forest(tables: Sequence[pd.DataFrame], metric: str = "mAP", title: str 
                 continue
             ci = r.get("diff CI (Bonferroni)") or ""
             lo, hi = (float(v) for v in ci.strip("[]").split(", ")) if ci else r["_dci"]
-            rows.append((f"{r['study']} · {r['backbone']} · {r['setting']} vs {r['vs']}", r["diff"], lo, hi,
+            who = r["study"] if r["backbone"] in r["study"] else f"{r['study']} · {r['backbone']}"
+            rows.append((f"{who} · {r['setting']} vs {r['vs']}", r["diff"], lo, hi,
                          r["significant"] == "yes", r.get("family", "")))
-    fig, ax = plt.subplots(figsize=(8, 0.35 * len(rows) + 1.6))
+    fig, ax = plt.subplots(figsize=(11, 0.4 * len(rows) + 2.0))
     if chance_sd and metric == "mAP":
         band = 2 * float(np.mean(chance_sd))
         ax.axvspan(-band, band, color="0.9", label=f"+-2 sd of chance mAP ({band:.1f} points)")
@@ -286,7 +287,7 @@ def plot_forest(tables: Sequence[pd.DataFrame], metric: str = "mAP", title: str 
     ax.set_xlabel(f"difference in {metric} (points)\nfilled: primary, open: secondary; green: significant after Holm")
     ax.set_title(title or f"paired differences in {metric}")
     if chance_sd and metric == "mAP":
-        ax.legend(fontsize=7, loc="lower right")
+        ax.legend(fontsize=7, loc="best")
     fig.tight_layout()
     return fig
 
