@@ -95,7 +95,7 @@ def test_the_short_standin_is_another_cache_entry(tmp_path):
 
 def test_the_control_schedules():
     probe = build_schedule(TrainConfig.from_mode("cpu", schedule="probe"))
-    assert len(probe) == 1 and probe[0].groups == ("head",) and probe[0].epochs == 14 and probe[0].lr == 0.01
+    assert len(probe) == 1 and probe[0].groups == ("head",) and probe[0].epochs == 12 and probe[0].lr == 0.05
     const = build_schedule(TrainConfig.from_mode("cpu", schedule="staged_constant", single_lr=0.02))
     assert [s.lr for s in const] == [0.02] * 3
     assert [s.groups for s in const] == [s.groups for s in build_schedule(TrainConfig.from_mode("cpu"))]
@@ -120,7 +120,8 @@ def test_bn_reestimation_policy_evaluates_again_and_keeps_the_first_metrics(tmp_
 def test_staged_and_single_schedules():
     staged = build_schedule(TrainConfig.from_mode("cpu"))
     assert [s.groups for s in staged][0] == ("attention", "head")
-    assert [s.lr for s in staged] == [0.01, 0.001, 0.0001]
+    assert [s.lr for s in staged] == [0.05, 0.005, 0.0005]  # C6's tenfold steps, from the cpu protocol's rate
+    assert [s.lr for s in build_schedule(TrainConfig.from_mode("full"))] == [0.01, 0.001, 0.0001]  # C6 as written
     single = build_schedule(TrainConfig.from_mode("cpu", schedule="single"))
     assert len(single) == 1 and single[0].epochs == sum(s.epochs for s in staged)
     assert set(single[0].groups) == {"attention", "head", "late", "early"}
