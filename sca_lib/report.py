@@ -349,13 +349,17 @@ def write_report(results_dir: Path, metrics: Optional[Sequence[str]] = None, fig
     for study in studies:
         for metric in metrics:
             tables[f"{study}/{metric}"] = study_table(df, study, metric)
+    for metric in metrics:  # never an uncorrected "significant": without declared primaries, one family
+        correct([t for k, t in tables.items() if k.endswith("/" + metric) and len(t)], primary)
     if primary:
-        for metric in metrics:
-            correct([t for k, t in tables.items() if k.endswith("/" + metric) and len(t)], primary)
         lines.append(f"Primary comparisons, declared in the grid before running: "
                      f"{', '.join(f'{a} {b}' for a, b in primary)}. Each family (primary; all others) is "
                      f"Holm-corrected per metric; `significant` means `p (Holm)` < 0.05, and "
                      f"`diff CI (Bonferroni)` is the family's simultaneous interval.\n")
+    else:
+        lines.append("No primary comparisons declared for this grid: all its comparisons form one family, "
+                     "Holm-corrected per metric; `significant` means `p (Holm)` < 0.05, and `diff CI (Bonferroni)` "
+                     "is the family's simultaneous interval.\n")
     for study in studies:
         st = _study(df, study)
         question = st.question if st else ""
@@ -370,7 +374,7 @@ def write_report(results_dir: Path, metrics: Optional[Sequence[str]] = None, fig
                              f"{study}: {question} ({results_dir.name} grid)")
             fig.savefig(results_dir / f"fig_{study}.png", dpi=110)
             plt.close(fig)
-    if figures and primary:
+    if figures:
         fig = plot_forest([t for k, t in tables.items() if k.endswith("/" + metrics[0])], metrics[0],
                           f"every paired difference ({results_dir.name} grid)")
         fig.savefig(results_dir / "fig_forest.png", dpi=110)

@@ -176,3 +176,15 @@ def test_holm_decides_significance_and_an_uncorrected_secondary_p_is_not_enough(
     assert (tmp_path / "fig_forest.png").exists() and (tmp_path / "fig_variants.png").exists()
     csv = pd.read_csv(tmp_path / "summary.csv")
     assert "p (Holm)" in csv.columns and not any(c.startswith("_") for c in csv.columns)
+
+
+def test_a_grid_without_primaries_is_still_holm_corrected(tmp_path):
+    """No declared primaries (e.g. the quick grid): every comparison is one family, never an uncorrected 'yes'."""
+    values = {None: [0.50, 0.52, 0.54]}
+    # three settings; one has a small consistent gain: uncorrected p < 0.05, Holm over 3 comparisons not
+    values.update({"dual": [0.52, 0.53, 0.56], "channel": [0.49, 0.53, 0.53], "spatial": [0.51, 0.50, 0.55]})
+    _write(tmp_path / "runs.jsonl", _rows(values))
+    t = report.write_report(tmp_path, figures=False, quiet=True)["variants/mAP"].set_index("setting")
+    p, adj = float(t.loc["dual", "p"]), float(t.loc["dual", "p (Holm)"])
+    assert p < 0.05 <= adj and t.loc["dual", "significant"] == "no" and t.loc["dual", "family"] == "secondary"
+    assert "No primary comparisons declared" in (tmp_path / "summary.md").read_text()
