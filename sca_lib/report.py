@@ -181,7 +181,9 @@ def study_table(df: pd.DataFrame, study: str, metric: str = "mAP") -> pd.DataFra
                             f"{metric} 95% CI": f"sd {sd:.1f}" if np.isfinite(sd) else "", "vs": "", "diff": np.nan,
                             "diff 95% CI": "", "significant": "", "params (M)": np.nan, "wall s/run": np.nan,
                             "_ci": (np.nan, np.nan), "_dci": (np.nan, np.nan), "_p": np.nan, "_diffs": {}})
-    return pd.DataFrame(out)
+    table = pd.DataFrame(out)
+    table.attrs["metric"] = metric  # correct() prints the family's intervals in the metric's decimals
+    return table
 
 
 _HIDDEN = ["_ci", "_dci", "_p", "_diffs"]
@@ -211,7 +213,7 @@ def correct(tables: Sequence[pd.DataFrame], primary: Sequence[Tuple[str, str]]) 
         for (t, i), adj in zip(members, adjusted):
             d = t.at[i, "_diffs"]
             _, lo, hi, _ = paired_difference(d, {k: 0.0 for k in d}, level=1 - 0.05 / len(members))
-            dg = _digits(str(t.columns[t.columns.str.endswith(" mean")][0])[:-5])
+            dg = _digits(t.attrs.get("metric", "mAP"))
             t.loc[i, _CORRECTED] = [family, f"{t.at[i, '_p']:.3f}", f"{adj:.3f}", f"[{lo:.{dg}f}, {hi:.{dg}f}]"]
             t.at[i, "significant"] = "yes" if adj < 0.05 else "no"
 

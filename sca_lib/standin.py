@@ -50,7 +50,7 @@ STANDIN_RECIPES: Dict[int, Dict[str, Dict[str, Any]]] = {
         # the cpu source set, pre-trained five times shorter: the quick grid (``make main``) uses it
         "cpu-short": dict(epochs=4, lr=0.003, batch_size=64, anneal_epochs=1, anneal_lr=0.0003)},
 }
-#: Backbone-specific changes to a recipe, ``{(version, mode, backbone): {...}}``. ResNet18 trains
+#: Backbone-specific changes to a recipe, ``{(version, recipe key, backbone): {...}}``. ResNet18 trains
 #: about five times slower than MobileNetV3-Small on a CPU, so its cpu stand-in gets 10 epochs
 #: instead of 25 (the same source set, learning rates and annealing step).
 STANDIN_RECIPE_OVERRIDES: Dict[tuple, Dict[str, Any]] = {
@@ -84,9 +84,8 @@ def _recipe(mode: str, version: int, backbone: str = "", recipe: Optional[str] =
         raise ValueError(f"no stand-in pre-training recipe {key!r} for data version {version!r}; expected one of "
                          f"{', '.join(STANDIN_RECIPES[LATEST_VERSION])} and a version of "
                          f"{', '.join(map(str, STANDIN_RECIPES))} (the full mode uses ImageNet weights)")
-    if recipe is None:
-        return {**recipes[key], **STANDIN_RECIPE_OVERRIDES.get((version, mode, backbone), {})}
-    return {**recipes[key], "recipe": recipe}
+    named = {"recipe": recipe} if recipe is not None else {}  # a default recipe's spec (and hash) stays as it was
+    return {**recipes[key], **STANDIN_RECIPE_OVERRIDES.get((version, key, backbone), {}), **named}
 
 
 def _spec(backbone: str, mode: str, image_size: int, version: int, recipe: Optional[str] = None) -> Dict[str, Any]:
