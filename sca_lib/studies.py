@@ -137,7 +137,7 @@ V1_PROTOCOL: Dict[str, Any] = dict(data_version=1, image_size=96, loss_reduction
 #: The cpu mode's protocol (``sca_lib.train.MODE_DEFAULTS["cpu"]``), spelled out in the ``cpu`` and
 #: ``quick`` grids so that it is part of every run id.
 CPU_PROTOCOL: Dict[str, Any] = dict(data_version=2, image_size=112, loss_reduction="mean", bn_policy="reestimate",
-                                    single_lr=0.05, stage_lrs=[0.05, 0.005, 0.0005], stage_epochs=[3, 5, 4])
+                                    single_lr=0.05, stage_lrs=[0.05, 0.005, 0.0005], stage_epochs=[4, 7, 5])
 
 #: Where the module goes on each CPU backbone in the cpu protocol: stride 16, a 7x7 map at 112 px
 #: (the backbones' default placements sit at stride 32: 4x4 at 112 px).

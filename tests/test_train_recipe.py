@@ -95,7 +95,7 @@ def test_the_short_standin_is_another_cache_entry(tmp_path):
 
 def test_the_control_schedules():
     probe = build_schedule(TrainConfig.from_mode("cpu", schedule="probe"))
-    assert len(probe) == 1 and probe[0].groups == ("head",) and probe[0].epochs == 12 and probe[0].lr == 0.05
+    assert len(probe) == 1 and probe[0].groups == ("head",) and probe[0].epochs == 16 and probe[0].lr == 0.05
     const = build_schedule(TrainConfig.from_mode("cpu", schedule="staged_constant", single_lr=0.02))
     assert [s.lr for s in const] == [0.02] * 3
     assert [s.groups for s in const] == [s.groups for s in build_schedule(TrainConfig.from_mode("cpu"))]
