@@ -32,6 +32,7 @@ from .spec import AttentionSpec
 # backbones and what they cost
 from .backbones import build_classifier, default_placement, list_backbones, list_placements
 from .groups import GROUPS, parameter_groups, set_trainable
+from .detection import FPNAttention, build_detector, list_detector_backbones
 from .profile import (
     attention_cost,
     compare_costs,
@@ -63,7 +64,15 @@ from .engine import DivergenceError, Trainer
 from .standin import pretrain_standin
 
 # metrics
-from .metrics import average_precision, classification_metrics, mean_average_precision, per_class_ap, top1_accuracy
+from .metrics import (
+    average_precision,
+    classification_metrics,
+    detection_metrics,
+    mean_average_precision,
+    per_class_ap,
+    top1_accuracy,
+    voc_detection_ap,
+)
 
 # ablations
 from .studies import GRIDS, build_grid
@@ -88,12 +97,12 @@ __all__ = [
     "LiteDualAttention", "SpatialAttention", "attention_modules", "create_attention", "default_reduction",
     "init_attention_", "is_attention", "list_attentions", "record_attention", "AttentionSpec",
     "build_classifier", "default_placement", "list_backbones", "list_placements", "GROUPS", "parameter_groups",
-    "set_trainable", "attention_cost", "compare_costs", "compare_latency", "cost_table", "count_flops",
+    "set_trainable", "FPNAttention", "build_detector", "list_detector_backbones", "attention_cost", "compare_costs", "compare_latency", "cost_table", "count_flops",
     "count_parameters", "measure_latency",
     "VOC_CLASSES", "CachedImages", "VOCClassification", "VOCDetection", "classification_transforms",
     "detection_collate", "detection_transforms", "download_voc", "ensure_synthetic", "generate_synthetic_voc",
     "Stage", "expand_schedule", "single_stage_schedule", "staged_schedule", "masked_bce_with_logits",
     "DivergenceError", "Trainer", "pretrain_standin", "TrainConfig", "train_classifier",
     "average_precision", "classification_metrics", "mean_average_precision", "per_class_ap", "top1_accuracy",
-    "GRIDS", "build_grid", "load_results", "run_grid", "write_report",
+    "detection_metrics", "voc_detection_ap", "GRIDS", "build_grid", "load_results", "run_grid", "write_report",
 ]

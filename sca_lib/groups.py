@@ -17,14 +17,14 @@ restores normal behaviour.
 
 from __future__ import annotations
 
-from typing import Any, Dict, Iterable, List, Optional
+from typing import Any, Dict, Iterable, List, Optional, Tuple
 
 from torch import nn
 
 from .attention import is_attention
 from .placements import block_stride
 
-__all__ = ["GROUPS", "tag_groups", "parameter_groups", "set_trainable"]
+__all__ = ["GROUPS", "tag_groups", "model_groups", "parameter_groups", "set_trainable"]
 
 #: The parameter groups of every model built by :func:`~sca_lib.backbones.build_classifier`.
 GROUPS = ("attention", "head", "late", "early")
@@ -84,8 +84,15 @@ def _param_group_names(model: nn.Module) -> Dict[str, str]:
     return result
 
 
+def model_groups(model: nn.Module) -> Tuple[str, ...]:
+    """The group names of ``model``: ``GROUPS`` for a classifier, ``model.sca_groups`` where the
+    builder set them (a detector: :data:`sca_lib.detection.DETECTION_GROUPS`)."""
+    return tuple(getattr(model, "sca_groups", GROUPS))
+
+
 def parameter_groups(model: nn.Module) -> Dict[str, List[nn.Parameter]]:
-    """The parameters of a :func:`~sca_lib.backbones.build_classifier` model split into ``GROUPS``.
+    """The parameters of a :func:`~sca_lib.backbones.build_classifier` model split into ``GROUPS``
+    (a :func:`~sca_lib.detection.build_detector` model: into ``DETECTION_GROUPS``).
 
     Returns ``{"attention": [...], "head": [...], "late": [...], "early": [...]}``; every parameter
     is in exactly one list (a group can be empty, e.g. "attention" for a plain model). See the
@@ -93,7 +100,7 @@ def parameter_groups(model: nn.Module) -> Dict[str, List[nn.Parameter]]:
     """
     names = _param_group_names(model)
     params = dict(model.named_parameters())
-    groups: Dict[str, List[nn.Parameter]] = {g: [] for g in GROUPS}
+    groups: Dict[str, List[nn.Parameter]] = {g: [] for g in model_groups(model)}
     for name, group in names.items():
         groups[group].append(params[name])
     return groups
@@ -115,9 +122,10 @@ def set_trainable(model: nn.Module, groups: Iterable[str]) -> nn.Module:
     if isinstance(groups, str):
         groups = [groups]
     groups = list(groups)
-    bad = [g for g in groups if g not in GROUPS]
+    valid = model_groups(model)
+    bad = [g for g in groups if g not in valid]
     if bad:
-        raise ValueError(f"unknown parameter group(s) {bad}; expected names from {GROUPS}")
+        raise ValueError(f"unknown parameter group(s) {bad}; expected names from {valid}")
     names = _param_group_names(model)
     for name, p in model.named_parameters():
         p.requires_grad_(names[name] in groups)

@@ -45,7 +45,7 @@ bool, True where the label is difficult-only (the data package's ignore mask).
 
 from __future__ import annotations
 
-from typing import Dict, Optional, Sequence, Union
+from typing import Dict, Mapping, Optional, Sequence, Union
 
 import numpy as np
 
@@ -57,6 +57,8 @@ __all__ = [
     "mean_average_precision",
     "top1_accuracy",
     "classification_metrics",
+    "voc_detection_ap",
+    "detection_metrics",
 ]
 
 #: ``"voc2010"``: area under the precision envelope (VOC2010+ devkit); ``"voc2007"``: 11-point.
@@ -235,5 +237,195 @@ def classification_metrics(
     if class_names is not None:
         if len(class_names) != ap.size:
             raise ValueError(f"classification_metrics: {len(class_names)} class names for {ap.size} classes")
+        out["ap_by_class"] = {n: float(a) for n, a in zip(class_names, ap)}
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# Detection: the devkit's VOCevaldet.m
+# --------------------------------------------------------------------------------------------
+#
+# Per class, over the whole split:
+#
+# 1. Every detection of the class, from every image, ranked by score, highest first (ties keep the
+#    input order: image order, then the order within an image).
+# 2. Each detection, in that order, is compared with the image's ground-truth boxes of its class,
+#    ``difficult`` ones included: the box of largest IoU is its match (only boxes that actually
+#    intersect count). If that IoU is >= ``iou_threshold`` (0.5; the devkit tests ``ovmax >=
+#    minoverlap``, py-faster-rcnn's ``voc_eval.py`` tests ``>``, which differs only at exactly 0.5):
+#    a ``difficult`` match makes the detection neither a true nor a false positive; a match that an
+#    earlier detection already took makes it a false positive (a duplicate); otherwise it is a true
+#    positive and takes the box. Below the threshold, or with no intersecting box, it is a false
+#    positive. The devkit never falls back to the second-best box when the best is taken.
+# 3. ``recall = cumsum(tp) / #non-difficult boxes``, ``precision = cumsum(tp) / cumsum(tp + fp)``,
+#    then :func:`voc_ap` (``"voc2010"``: all points; ``"voc2007"``: 11 points).
+#
+# Boxes are continuous ``xyxy`` in pixels (:class:`sca_lib.data.VOCDetection` turns the devkit's
+# 1-based inclusive pixel indices ``(xmin, ymin, xmax, ymax)`` into ``(xmin - 1, ymin - 1, xmax,
+# ymax)``, torchvision's convention). Width is then ``x2 - x1``: exactly the devkit's ``xmax - xmin +
+# 1``, so the IoU equals the devkit's.
+#
+# How this differs from COCO-style AP at IoU 0.5 (``torchmetrics.detection.MeanAveragePrecision``,
+# ``map_50``): (a) COCO samples the precision envelope at 101 recall points, VOC2010 integrates it;
+# with the same matching the two differ by at most ``(envelope(0) - envelope(1)) / 100 <= 0.01`` per
+# class (both lie between the left and right Riemann sums of the envelope on a 0.01 grid); (b) COCO
+# matches a detection to the best *still unmatched* box, VOC to the best box, taken or not (a
+# duplicate that overlaps a second object is a true positive in COCO and a false positive here);
+# (c) COCO has no ``difficult``: its ``iscrowd`` regions absorb any number of detections and use
+# another overlap; (d) COCO keeps at most 100 detections per image.
+
+
+def _boxes(x: ArrayLike, what: str) -> np.ndarray:
+    arr = _to_numpy(x, what, np.float64)
+    if arr.size == 0:
+        return arr.reshape(0, 4)
+    if arr.ndim != 2 or arr.shape[1] != 4:
+        raise ValueError(f"{what} must have shape (K, 4) (x1, y1, x2, y2), got {arr.shape}")
+    if not np.all(np.isfinite(arr)):
+        raise ValueError(f"{what} contain NaN or inf")
+    return arr
+
+
+def _vector(x: Optional[ArrayLike], n: int, what: str, dtype, default=None) -> np.ndarray:
+    if x is None:
+        if default is None:
+            raise ValueError(f"{what} is missing")
+        return np.full(n, default, dtype=dtype)
+    arr = _to_numpy(x, what).astype(dtype).ravel()
+    if arr.shape != (n,):
+        raise ValueError(f"{what} must have one entry per box ({n}), got shape {arr.shape}")
+    return arr
+
+
+def _check_detections(detections: Sequence[Mapping], ground_truths: Sequence[Mapping]):
+    if len(detections) != len(ground_truths):
+        raise ValueError(f"detections and ground_truths need one entry per image, got {len(detections)} and "
+                         f"{len(ground_truths)}")
+    dets, gts = [], []
+    for i, (d, g) in enumerate(zip(detections, ground_truths)):
+        for name, obj, keys in (("detections", d, ("boxes", "scores", "labels")), ("ground_truths", g, ("boxes", "labels"))):
+            if not isinstance(obj, Mapping) or any(k not in obj for k in keys):
+                raise ValueError(f"{name}[{i}] must be a dict with keys {keys} (torchvision's detection layout), "
+                                 f"got {type(obj).__name__}{' with keys ' + str(sorted(obj)) if isinstance(obj, Mapping) else ''}")
+        db = _boxes(d["boxes"], f"detections[{i}]['boxes']")
+        dets.append((db, _vector(d["scores"], len(db), f"detections[{i}]['scores']", np.float64),
+                     _vector(d["labels"], len(db), f"detections[{i}]['labels']", np.int64)))
+        gb = _boxes(g["boxes"], f"ground_truths[{i}]['boxes']")
+        gts.append((gb, _vector(g["labels"], len(gb), f"ground_truths[{i}]['labels']", np.int64),
+                    _vector(g.get("difficult"), len(gb), f"ground_truths[{i}]['difficult']", bool, False)))
+        if not np.all(np.isfinite(dets[-1][1])):
+            raise ValueError(f"detections[{i}]['scores'] contain NaN or inf; check the model's outputs")
+    return dets, gts
+
+
+def _iou_row(box: np.ndarray, gt: np.ndarray) -> np.ndarray:
+    """IoU of one box with each of ``gt`` (K, 4); -inf where they do not intersect (the devkit's rule)."""
+    iw = np.minimum(box[2], gt[:, 2]) - np.maximum(box[0], gt[:, 0])
+    ih = np.minimum(box[3], gt[:, 3]) - np.maximum(box[1], gt[:, 1])
+    inter = iw * ih
+    union = (box[2] - box[0]) * (box[3] - box[1]) + (gt[:, 2] - gt[:, 0]) * (gt[:, 3] - gt[:, 1]) - inter
+    ok = (iw > 0) & (ih > 0)
+    return np.where(ok, inter / np.where(ok, union, 1.0), -np.inf)
+
+
+def voc_detection_ap(detections: Sequence[Mapping], ground_truths: Sequence[Mapping], label: int,
+                     iou_threshold: float = 0.5, method: str = "voc2010") -> Dict[str, object]:
+    """VOC detection AP of one class (``label``, as in the targets: 1..20 for VOC), the devkit's way.
+
+    Args:
+        detections: one dict per image, ``{"boxes": (K, 4) xyxy, "scores": (K,), "labels": (K,)}``
+            (what torchvision's detectors return in eval mode).
+        ground_truths: one dict per image, ``{"boxes": (M, 4), "labels": (M,), "difficult": (M,)
+            bool}`` (``difficult`` optional: all False); :class:`sca_lib.data.VOCDetection` targets.
+        label: the class.
+        iou_threshold: 0.5 in VOC.
+        method: ``"voc2010"`` (all points) or ``"voc2007"`` (11 points).
+
+    Returns ``{"ap", "npos" (non-difficult boxes), "tp", "fp", "ignored" (matched a difficult box),
+    "recall", "precision" (arrays over the ranked detections)}``; ``ap`` is nan when the class has no
+    non-difficult box.
+    """
+    _check_method(method)
+    dets, gts = _check_detections(detections, ground_truths)
+    return _class_ap(dets, gts, int(label), float(iou_threshold), method)
+
+
+def _class_ap(dets, gts, label: int, thr: float, method: str) -> Dict[str, object]:
+    gt_boxes, gt_diff, taken = [], [], []
+    npos = 0
+    for gb, gl, gd in gts:
+        m = gl == label
+        gt_boxes.append(gb[m])
+        gt_diff.append(gd[m])
+        taken.append(np.zeros(int(m.sum()), dtype=bool))
+        npos += int((~gd[m]).sum())
+    img, score, box = [], [], []
+    for i, (db, ds, dl) in enumerate(dets):
+        m = dl == label
+        img.extend([i] * int(m.sum()))
+        score.append(ds[m])
+        box.append(db[m])
+    score_all = np.concatenate(score) if score else np.zeros(0)
+    box_all = np.concatenate(box) if box else np.zeros((0, 4))
+    order = np.argsort(-score_all, kind="stable")
+    tp = np.zeros(order.size)
+    fp = np.zeros(order.size)
+    ignored = 0
+    for d, k in enumerate(order):
+        i = img[k]
+        ovmax, jmax = -np.inf, -1
+        if len(gt_boxes[i]):
+            ov = _iou_row(box_all[k], gt_boxes[i])
+            jmax = int(np.argmax(ov))  # the first of equal overlaps, as the devkit's strict ">"
+            ovmax = float(ov[jmax])
+        if ovmax >= thr:
+            if gt_diff[i][jmax]:
+                ignored += 1
+            elif not taken[i][jmax]:
+                tp[d] = 1
+                taken[i][jmax] = True
+            else:
+                fp[d] = 1  # a second detection of a taken object
+        else:
+            fp[d] = 1
+    ctp, cfp = np.cumsum(tp), np.cumsum(fp)
+    rec = ctp / npos if npos else np.full(order.size, np.nan)
+    prec = ctp / np.maximum(ctp + cfp, np.finfo(np.float64).eps)
+    ap = voc_ap(rec, prec, method) if npos else float("nan")
+    return {"ap": ap, "npos": npos, "tp": int(tp.sum()), "fp": int(fp.sum()), "ignored": ignored,
+            "recall": rec, "precision": prec}
+
+
+def detection_metrics(detections: Sequence[Mapping], ground_truths: Sequence[Mapping],
+                      num_classes: int = 20, class_names: Optional[Sequence[str]] = None,
+                      iou_threshold: float = 0.5, method: str = "voc2010") -> Dict[str, object]:
+    """VOC detection mAP over labels ``1..num_classes`` (torchvision's convention, 0 = background).
+
+    Returns a JSON-friendly dict: ``mAP`` (mean over classes with a non-difficult box),
+    ``per_class_ap`` (list, nan where a class has none), ``classes_evaluated``, ``num_images``,
+    ``num_detections``, ``iou_threshold``, ``ap_method`` and, with ``class_names``, ``ap_by_class``.
+    Both ``method``'s are one call each; VOC2007's test set is scored with ``"voc2007"``.
+    """
+    _check_method(method)
+    num_classes = int(num_classes)
+    if class_names is not None and len(class_names) != num_classes:
+        raise ValueError(f"detection_metrics: {len(class_names)} class names for {num_classes} classes")
+    dets, gts = _check_detections(detections, ground_truths)
+    for i, (gb, gl, _) in enumerate(gts):
+        bad = gl[(gl < 1) | (gl > num_classes)]
+        if bad.size:
+            raise ValueError(f"ground_truths[{i}] has label(s) {sorted(set(bad.tolist()))} outside 1..{num_classes} "
+                             f"(0 is the background; VOCDetection gives 1..20)")
+    ap = np.array([_class_ap(dets, gts, c, float(iou_threshold), method)["ap"] for c in range(1, num_classes + 1)])
+    out: Dict[str, object] = {
+        "mAP": float(np.nanmean(ap)) if np.isfinite(ap).any() else float("nan"),
+        "per_class_ap": [float(a) for a in ap],
+        "classes_evaluated": int(np.isfinite(ap).sum()),
+        "num_images": len(dets),
+        "num_detections": int(sum(len(d[0]) for d in dets)),
+        "iou_threshold": float(iou_threshold),
+        "ap_method": method,
+    }
+    if class_names is not None:
         out["ap_by_class"] = {n: float(a) for n, a in zip(class_names, ap)}
     return out
