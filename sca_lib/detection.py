@@ -55,6 +55,7 @@ import torchvision
 from torch import nn
 from torchvision.models import WeightsEnum
 from torchvision.models.detection import FasterRCNN
+from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHead
 from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.models.detection.backbone_utils import BackboneWithFPN
 from torchvision.ops import FrozenBatchNorm2d
@@ -379,6 +380,7 @@ def build_detector(
     weights_backbone: Any = None,
     frozen_bn: Optional[bool] = None,
     anchor_sizes: Optional[Sequence[int]] = None,
+    box_head_size: int = 1024,
     min_size: int = 800,
     max_size: int = 1333,
     detector_kwargs: Optional[Dict[str, Any]] = None,
@@ -402,6 +404,8 @@ def build_detector(
         anchor_sizes: one anchor size per pyramid level for a ResNet (default 32, 64, 128, 256,
             512, torchvision's); MobileNetV3 levels each get all of them (torchvision's design).
             Smaller images want smaller anchors.
+        box_head_size: width of the box head's two fully connected layers (torchvision: 1024, 12.8 M
+            parameters in the first alone; a CPU-sized detector uses less).
         min_size, max_size: torchvision's resize of every input (800 / 1333 by default).
         detector_kwargs: more keyword arguments for ``torchvision.models.detection.FasterRCNN``
             (e.g. ``rpn_pre_nms_top_n_test``, ``box_detections_per_img``).
@@ -451,8 +455,13 @@ def build_detector(
     extra = dict(detector_kwargs or {})
     if bb.family == "mobilenet":
         extra.setdefault("rpn_score_thresh", 0.05)  # torchvision's MobileNetV3 detector
-    model = FasterRCNN(fpn_backbone, num_classes=num_classes, rpn_anchor_generator=anchors, min_size=min_size,
-                       max_size=max_size, **extra)
+    box_head_size = positive_int("build_detector", "box_head_size", box_head_size)
+    if box_head_size != 1024:
+        resolution = 7  # torchvision's MultiScaleRoIAlign output
+        extra["box_head"] = TwoMLPHead(256 * resolution ** 2, box_head_size)
+        extra["box_predictor"] = FastRCNNPredictor(box_head_size, num_classes)
+    model = FasterRCNN(fpn_backbone, num_classes=None if box_head_size != 1024 else num_classes,
+                       rpn_anchor_generator=anchors, min_size=min_size, max_size=max_size, **extra)
     sd, source = _detector_state_dict(name, weights)
     if sd is not None:
         _load_detector(model, sd, name, source)
@@ -471,6 +480,6 @@ def build_detector(
         "fpn_attention": fpn_kind, "fpn_shared": bool(fpn_shared), "fpn_fusion": bool(fpn_fusion),
         "pyramid": levels, "num_classes": num_classes, "weights": source, "weights_backbone": trunk_source,
         "frozen_bn": bool(frozen_bn), "attention_kwargs": kwargs if (kind or fpn_kind) else {},
-        "anchor_sizes": list(sizes), "min_size": min_size, "max_size": max_size,
+        "anchor_sizes": list(sizes), "box_head_size": box_head_size, "min_size": min_size, "max_size": max_size,
     }
     return model

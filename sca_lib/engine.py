@@ -61,6 +61,45 @@ def _split_batch(batch: Any) -> Tuple[torch.Tensor, torch.Tensor, Optional[torch
     )
 
 
+class ClassificationTask:
+    """What the engine does with a classification batch: ``(images, targets[, ignore])`` tensors,
+    the trainer's ``loss_fn`` on the logits, and VOC classification metrics at evaluation."""
+
+    name = "classification"
+    collate_fn = None
+    channels_last = True
+
+    def train_loss(self, trainer: "Trainer", batch: Any) -> Tuple[torch.Tensor, int, Dict[str, torch.Tensor]]:
+        x, y, ig = (None if v is None else v.to(trainer.device, non_blocking=True) for v in _split_batch(batch))
+        if trainer.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with torch.autocast("cuda", dtype=torch.float16, enabled=trainer.amp):
+            logits = trainer.ddp_model(x)
+        return trainer.loss_fn(logits, y, ig), x.shape[0], {}
+
+    @torch.no_grad()
+    def evaluate(self, trainer: "Trainer", dataset: Dataset) -> Dict[str, Any]:
+        idx = list(range(trainer.dist.rank, len(dataset), trainer.dist.world_size))  # type: ignore[arg-type]
+        parts = []
+        for batch in DataLoader(Subset(dataset, idx), batch_size=trainer.batch_size * 2, num_workers=trainer.num_workers):
+            x, y, ig = _split_batch(batch)
+            x = x.to(trainer.device, non_blocking=True)
+            if trainer.channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            with torch.autocast("cuda", dtype=torch.float16, enabled=trainer.amp):
+                logits = trainer.model(x)
+            parts.append((logits.float().cpu(), y.float(), torch.zeros_like(y, dtype=torch.bool) if ig is None else ig.bool()))
+        s, t, ig = gather_in_order(idx, [torch.cat(t) for t in zip(*parts)] if parts else None, trainer.dist)
+        if not bool(torch.isfinite(s).all()):
+            bad = int((~torch.isfinite(s)).any(dim=1).sum())
+            raise DivergenceError(f"evaluation produced non-finite scores for {bad} of {len(s)} images "
+                                  f"({trainer._where()}); {trainer._kept()}. Lower the learning rate, then rerun.")
+        metrics = dict(classification_metrics(s, t, ig))
+        metrics["loss"] = float(trainer.loss_fn(s, t, ig))
+        trainer.last_eval = {"scores": s, "targets": t, "ignore": ig}
+        return metrics
+
+
 class Trainer:
     """Staged multi-label training with resumable checkpoints; see the module docstring.
 
@@ -86,6 +125,10 @@ class Trainer:
             with another one is refused. callbacks: objects with optional
             ``on_epoch_start(trainer, epoch)`` / ``on_epoch_end(trainer, record)``.
         dist_info: from :func:`~sca_lib.distributed.init_distributed` (default: the environment).
+        task: what a batch is, its loss and the evaluation: :class:`ClassificationTask` (default) or
+            :class:`sca_lib.train_detection.DetectionTask` (images and box targets, the detector's
+            loss dict, VOC detection AP). Its ``train_loss(trainer, batch) -> (loss, images, parts)``
+            and ``evaluate(trainer, dataset) -> metrics`` are all the engine asks of it.
     """
 
     def __init__(
@@ -96,8 +139,9 @@ class Trainer:
         weight_decay: float = 1e-4, optimizer: str = "sgd", max_grad_norm: Optional[float] = 2.0, seed: int = 0,
         device: Optional[Union[str, torch.device]] = None, num_workers: int = 0, eval_every: int = 1,
         progress: bool = True, config: Optional[Dict[str, Any]] = None, callbacks: Sequence[Any] = (),
-        dist_info: Optional[DistInfo] = None,
+        dist_info: Optional[DistInfo] = None, task: Optional[Any] = None,
     ) -> None:
+        self.task = task if task is not None else ClassificationTask()
         self.stages = schedule_from_dicts(stages)
         self.rows = expand_schedule(self.stages)
         self.total_epochs = len(self.rows)
@@ -115,7 +159,8 @@ class Trainer:
         self.dist = dist_info or init_distributed()
         self.device = torch.device(device or (f"cuda:{self.dist.local_rank}" if torch.cuda.is_available() else "cpu"))
         on_cuda = self.device.type == "cuda"
-        self.amp = self.channels_last = on_cuda
+        self.amp = on_cuda
+        self.channels_last = on_cuda and getattr(self.task, "channels_last", True)
         self.model = model.to(self.device)
         if self.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
@@ -146,7 +191,7 @@ class Trainer:
             train_set, batch_size=batch_size, shuffle=self.sampler is None, sampler=self.sampler,
             num_workers=self.num_workers, generator=self.loader_gen, worker_init_fn=seed_worker,
             drop_last=per_rank > batch_size,  # no batch of 1 reaches a training BatchNorm
-            pin_memory=on_cuda,
+            pin_memory=on_cuda, collate_fn=getattr(self.task, "collate_fn", None),
         )
         self.optimizer: Optional[torch.optim.Optimizer] = None
         self.opt_groups: List[str] = []
@@ -223,34 +268,19 @@ class Trainer:
     def evaluate(self, dataset: Optional[Dataset] = None) -> Dict[str, Any]:
         """Scores the whole ``dataset`` (default: the val set), sharded over ranks and gathered.
 
-        Returns :func:`~sca_lib.metrics.classification_metrics` plus ``loss`` (the training loss over
-        the set). Non-finite scores raise :class:`DivergenceError` (metrics of NaN are meaningless).
+        Returns the task's metrics: for classification :func:`~sca_lib.metrics.classification_metrics`
+        plus ``loss`` (the training loss over the set). Non-finite scores raise
+        :class:`DivergenceError` (metrics of NaN are meaningless).
         """
         dataset = self.val_set if dataset is None else dataset
         if dataset is None:
             return {}
         was_training = self.model.training
         self.model.eval()
-        idx = list(range(self.dist.rank, len(dataset), self.dist.world_size))  # type: ignore[arg-type]
-        parts = []
-        for batch in DataLoader(Subset(dataset, idx), batch_size=self.batch_size * 2, num_workers=self.num_workers):
-            x, y, ig = _split_batch(batch)
-            x = x.to(self.device, non_blocking=True)
-            if self.channels_last:
-                x = x.contiguous(memory_format=torch.channels_last)
-            with torch.autocast("cuda", dtype=torch.float16, enabled=self.amp):
-                logits = self.model(x)
-            parts.append((logits.float().cpu(), y.float(), torch.zeros_like(y, dtype=torch.bool) if ig is None else ig.bool()))
-        s, t, ig = gather_in_order(idx, [torch.cat(t) for t in zip(*parts)] if parts else None, self.dist)
-        self.model.train(was_training)
-        if not bool(torch.isfinite(s).all()):
-            bad = int((~torch.isfinite(s)).any(dim=1).sum())
-            raise DivergenceError(f"evaluation produced non-finite scores for {bad} of {len(s)} images "
-                                  f"({self._where()}); {self._kept()}. Lower the learning rate, then rerun.")
-        metrics = dict(classification_metrics(s, t, ig))
-        metrics["loss"] = float(self.loss_fn(s, t, ig))
-        self.last_eval = {"scores": s, "targets": t, "ignore": ig}
-        return metrics
+        try:
+            return self.task.evaluate(self, dataset)
+        finally:
+            self.model.train(was_training)
 
     def _where(self) -> str:
         if not self.history and self.current_stage < 0:
@@ -279,21 +309,19 @@ class Trainer:
         done: List[Tuple[int, torch.Tensor, torch.Tensor]] = []
         pending: List[Tuple[int, torch.Tensor, torch.Tensor]] = []
         n_images, t0 = 0, time.perf_counter()
+        part_sums: Dict[str, float] = {}
         for batch in it:
-            x, y, ig = (None if v is None else v.to(self.device, non_blocking=True) for v in _split_batch(batch))
-            if self.channels_last:
-                x = x.contiguous(memory_format=torch.channels_last)
             self.global_step += 1
-            with torch.autocast("cuda", dtype=torch.float16, enabled=self.amp):
-                logits = self.ddp_model(x)
-            loss = self.loss_fn(logits, y, ig)
+            loss, n_batch, parts = self.task.train_loss(self, batch)
+            for k, v in parts.items():
+                part_sums[k] = part_sums.get(k, 0.0) + float(v)
             self.optimizer.zero_grad(set_to_none=True)
             self.scaler.scale(loss).backward()
             self.scaler.unscale_(self.optimizer)
             norm = torch.nn.utils.clip_grad_norm_(self.trainable, self.max_grad_norm)
             self.scaler.step(self.optimizer)
             self.scaler.update()
-            n_images += x.shape[0]
+            n_images += n_batch
             pending.append((self.global_step, loss.detach(), norm.detach()))
             if len(pending) >= self.check_every:
                 self._check(pending, epoch, row)
@@ -317,7 +345,8 @@ class Trainer:
             dist.all_reduce(t)
             sum_loss, count, n_images = float(t[0]), int(t[1]), int(t[2])
         fn = [n for n in norms if math.isfinite(n)]
-        return {
+        extra = {f"train_{k}": v / max(len(losses), 1) for k, v in part_sums.items()}  # e.g. a detector's loss parts
+        return {**extra,
             "train_loss": sum_loss / max(count, 1),
             "grad_norm_mean": float(np.mean(fn)) if fn else float("nan"),
             "grad_norm_max": max(fn) if fn else float("nan"),
@@ -370,7 +399,7 @@ class Trainer:
             t_eval = time.perf_counter()
             if self.val_set is not None and (epoch % self.eval_every == 0 or epoch == self.total_epochs):
                 m = self.evaluate()
-                record.update({"val_loss": m.pop("loss"), "mAP": m.get("mAP"), "top1": m.get("top1"),
+                record.update({"val_loss": m.pop("loss", None), "mAP": m.get("mAP"), "top1": m.get("top1"),
                                "metrics": jsonable(m)})
             record["eval_time_s"] = time.perf_counter() - t_eval
             record["checkpoint_time_s"] = 0.0  # the checkpoint holds 0; the log gets the real time

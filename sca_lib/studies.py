@@ -13,6 +13,8 @@ for the ``quick`` grid.
 
 from __future__ import annotations
 
+import dataclasses
+
 from dataclasses import dataclass, field
 from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
@@ -223,6 +225,10 @@ def normalise(config: Mapping[str, Any]) -> Dict[str, Any]:
     spec, rest = AttentionSpec.split_flat(config)
     if "backbone" not in rest:
         raise ValueError(f"a grid point's config needs a 'backbone', got keys {sorted(config)}")
+    if rest.get("task") == "detection" and spec.kind is not None and spec.placement is None:
+        from .detection import default_detector_placement  # a detector's default, not a classifier's
+
+        spec = dataclasses.replace(spec, placement=default_detector_placement(rest["backbone"]))
     out = dict(rest)
     out.update(normalise_spec(spec, rest["backbone"]).to_flat())
     out.setdefault("schedule", "staged")

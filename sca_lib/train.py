@@ -44,7 +44,7 @@ from .baselines import labels_of, reference_lines
 from .batchnorm import recalibrate_batchnorm
 from .groups import parameter_groups, set_trainable
 from .config import MODES, check_mode, data_dir, display_path, runs_dir
-from .data import VOCClassification, classification_transforms
+from .data import VOCClassification, VOCDetection, classification_transforms
 from .data import CachedImages
 from .distributed import init_distributed
 from .engine import DivergenceError, Trainer
@@ -55,8 +55,9 @@ from .spec import SPEC_KEYS, AttentionSpec
 from .standin import pretrain_standin, standin_record, synthetic_devkit
 from .studies import CPU_PLACEMENTS, CPU_PROTOCOL
 
-__all__ = ["TrainConfig", "MODE_DEFAULTS", "SCHEDULES", "QUICK_STAGE_EPOCHS", "train_classifier", "train_from_config",
-           "build_schedule", "build_model", "build_datasets", "main"]
+__all__ = ["TrainConfig", "MODE_DEFAULTS", "DETECTION_MODE_DEFAULTS", "TASKS", "SCHEDULES", "QUICK_STAGE_EPOCHS",
+           "train_classifier", "train_detector", "train_model", "train_from_config", "build_schedule", "build_model",
+           "build_detection_model", "build_datasets", "build_detection_datasets", "main"]
 
 #: What each run mode sets; everything else keeps the :class:`TrainConfig` defaults.
 MODE_DEFAULTS: Dict[str, Dict[str, Any]] = {
@@ -68,6 +69,29 @@ MODE_DEFAULTS: Dict[str, Dict[str, Any]] = {
                  backbone="resnet50", cache_images=False, num_workers=8),
 }
 
+#: What ``task="detection"`` changes in each mode (on top of :data:`MODE_DEFAULTS`): batches of a
+#: few images, the staged learning rates of C6, BatchNorm left alone (a detector's pretrained trunk
+#: has frozen BatchNorm, torchvision's choice), and the detector's size (``detector``: keywords of
+#: :func:`sca_lib.detection.build_detector`). ``fast`` is CI plumbing; ``cpu`` is small enough for a
+#: 2-core CPU (the synthetic devkit's 112-144 px images at their own size, a narrow box head, a few
+#: hundred proposals); ``full`` is torchvision's Faster R-CNN on real VOC (800 px, ImageNet trunk).
+DETECTION_MODE_DEFAULTS: Dict[str, Dict[str, Any]] = {
+    "fast": dict(batch_size=4, bn_policy="keep", stage_epochs=(1, 1, 1), stage_lrs=(0.01, 0.001, 0.0001),
+                 single_lr=0.01, detector=dict(
+                     min_size=64, max_size=96, anchor_sizes=[16, 32, 64, 128, 256], box_head_size=128,
+                     detector_kwargs=dict(rpn_pre_nms_top_n_train=200, rpn_post_nms_top_n_train=100,
+                                          rpn_pre_nms_top_n_test=100, rpn_post_nms_top_n_test=50,
+                                          box_batch_size_per_image=64))),
+    "cpu": dict(batch_size=4, bn_policy="keep", stage_epochs=(3, 5, 4), stage_lrs=(0.01, 0.001, 0.0001),
+                single_lr=0.01, detector=dict(
+                    min_size=128, max_size=160, anchor_sizes=[16, 32, 64, 128, 256], box_head_size=256,
+                    detector_kwargs=dict(rpn_pre_nms_top_n_train=600, rpn_post_nms_top_n_train=300,
+                                         rpn_pre_nms_top_n_test=300, rpn_post_nms_top_n_test=100,
+                                         box_batch_size_per_image=128))),
+    "full": dict(batch_size=8, bn_policy="keep", stage_lrs=(0.01, 0.001, 0.0001), single_lr=0.01, detector={},
+                 num_workers=8),
+}
+
 #: Where each mode puts the module when a spec names no placement (else the backbone's default):
 #: the cpu protocol's stride-16 placements, a 7x7 map at 112 px (``sca_lib.studies.CPU_PLACEMENTS``).
 MODE_PLACEMENTS: Dict[str, Dict[str, str]] = {"cpu": dict(CPU_PLACEMENTS)}
@@ -75,6 +99,12 @@ MODE_PLACEMENTS: Dict[str, Dict[str, str]] = {"cpu": dict(CPU_PLACEMENTS)}
 #: ``weights`` values that name a stand-in pre-trained on the synthetic source set, and its recipe:
 #: ``"standin"`` (the mode's), ``"standin-short"`` (the same source set, five times shorter; the quick grid's).
 STANDINS: Dict[str, Optional[str]] = {"standin": None, "standin-short": "short"}
+
+#: What a run trains: a multi-label classifier or a Faster R-CNN detector.
+TASKS = ("classification", "detection")
+
+#: Fields only a detection run has; a classification config leaves them out of its dict (and hash).
+_DETECTION_FIELDS = ("task", "fpn_attention", "detector", "detector_weights")
 
 #: Named schedules: the article's recipe, one stage, and the two controls (see :class:`TrainConfig`).
 SCHEDULES = ("staged", "single", "staged_constant", "probe")
@@ -106,6 +136,11 @@ class TrainConfig:
     keep the first N images. Weights: ``"standin"``, ``"DEFAULT"`` (ImageNet), None or a path.
     Loss: ``loss_reduction`` of the masked BCE, ``"sum_per_image"`` (over an image's labels, the
     mean over images) or ``"mean"`` (over every counted label: C times smaller gradients).
+    Detection (``task="detection"``, :mod:`sca_lib.train_detection`): ``fpn_attention`` is C13's
+    attention on the pyramid (a name or None), ``detector`` the :func:`~sca_lib.detection.build_detector`
+    keywords (size, anchors, box head, proposals: the mode's, :data:`DETECTION_MODE_DEFAULTS`,
+    updated by the given dict), ``weights`` the trunk's and ``detector_weights`` a whole plain
+    detector's (torchvision's COCO weights by name, or a file).
     """
 
     mode: str = "cpu"
@@ -133,9 +168,34 @@ class TrainConfig:
     cache_images: bool = True
     eval_every: int = 1
     quick: bool = False
+    task: str = "classification"
+    fpn_attention: Optional[str] = None
+    detector: Optional[Dict[str, Any]] = None
+    detector_weights: Optional[str] = None
 
     def __post_init__(self) -> None:
         self.mode = check_mode(self.mode, "mode")
+        if self.task not in TASKS:
+            raise ValueError(f"task must be one of {', '.join(TASKS)}, got {self.task!r}")
+        if self.task == "classification" and (self.fpn_attention is not None or self.detector is not None
+                                              or self.detector_weights is not None):
+            raise ValueError("fpn_attention, detector and detector_weights are detection settings; add "
+                             "task='detection' (--task detection) or drop them")
+        if self.task == "detection":
+            if self.fpn_attention is not None:
+                from .attention import list_attentions
+
+                if str(self.fpn_attention).lower() in ("none", ""):
+                    self.fpn_attention = None
+                elif str(self.fpn_attention).lower() not in list_attentions():
+                    raise ValueError(f"unknown fpn_attention {self.fpn_attention!r}; expected none or one of "
+                                     f"{', '.join(list_attentions())}")
+                else:
+                    self.fpn_attention = str(self.fpn_attention).lower()
+            self.detector = dict(self.detector or {})
+            if self.bn_policy != "keep":
+                raise ValueError("a detector's pretrained trunk has frozen BatchNorm (torchvision's choice), so "
+                                 "there is nothing to re-estimate: use bn_policy='keep' with task='detection'")
         if not isinstance(self.attention, AttentionSpec):
             self.attention = (AttentionSpec.from_flat(self.attention) if isinstance(self.attention, dict)
                               else AttentionSpec(self.attention))
@@ -178,6 +238,11 @@ class TrainConfig:
         if unknown:
             raise ValueError(f"TrainConfig has no field(s) {unknown}; valid fields: {', '.join(sorted(names))}")
         kw: Dict[str, Any] = dict(MODE_DEFAULTS[mode])
+        detection = overrides.get("task") == "detection"
+        if detection:
+            kw.update(DETECTION_MODE_DEFAULTS[mode])
+            if isinstance(overrides.get("detector"), dict):  # the mode's detector settings, updated
+                overrides["detector"] = _merge(kw["detector"], overrides["detector"])
         if overrides.get("quick"):
             kw["stage_epochs"] = QUICK_STAGE_EPOCHS  # an explicit stage_epochs (below) still wins
         spec = overrides.pop("attention", "dual")
@@ -187,7 +252,7 @@ class TrainConfig:
         else:
             spec = AttentionSpec.from_flat({"attention": spec, **flat})
         kw.update(overrides)
-        placement = MODE_PLACEMENTS.get(mode, {}).get(kw.get("backbone", ""))
+        placement = None if detection else MODE_PLACEMENTS.get(mode, {}).get(kw.get("backbone", ""))
         if spec.kind is not None and spec.placement is None and placement is not None:
             spec = dataclasses.replace(spec, placement=placement)  # the mode's protocol: a 7x7 map on the CPU
         return cls(mode=mode, attention=spec, **{k: v for k, v in kw.items() if k != "mode"})
@@ -199,21 +264,47 @@ class TrainConfig:
         return cls.from_mode(d.pop("mode", "cpu"), **d)
 
     def to_dict(self) -> Dict[str, Any]:
-        """A flat JSON-ready dict: the attention spec's fields at the top level (tuples as lists)."""
+        """A flat JSON-ready dict: the attention spec's fields at the top level (tuples as lists).
+        A classification config leaves out the detection fields (so its dict is what it always was)."""
         out: Dict[str, Any] = {}
         for f in dataclasses.fields(self):
             if f.name == "attention":
                 out.update(self.attention.to_flat())
+            elif f.name in _DETECTION_FIELDS and self.task == "classification":
+                continue
             else:
                 out[f.name] = getattr(self, f.name)
         return jsonable(out)
 
 
+def _merge(base: Dict[str, Any], over: Dict[str, Any]) -> Dict[str, Any]:
+    """``base`` updated by ``over``, one level of nested dicts merged too (``detector_kwargs``)."""
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = {**out[k], **v} if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
 def build_schedule(config: TrainConfig) -> List[Stage]:
-    """The config's schedule as a list of :class:`~sca_lib.schedule.Stage`."""
+    """The config's schedule as a list of :class:`~sca_lib.schedule.Stage`.
+
+    A detector's stages name its groups (:data:`sca_lib.detection.DETECTION_STAGE_GROUPS`: the new
+    attention, FPN, RPN and ROI heads first); its probe trains the FPN and the heads on the frozen trunk.
+    """
     if isinstance(config.schedule, list):
         return schedule_from_dicts(config.schedule)
     total = sum(config.stage_epochs)
+    if config.task == "detection":
+        from .detection import DETECTION_GROUPS, DETECTION_STAGE_GROUPS
+
+        groups, heads = DETECTION_STAGE_GROUPS, ("fpn", "rpn", "roi_heads")
+        names = ("attention+FPN+heads", "+late trunk", "whole detector")
+        if config.schedule == "single":
+            return single_stage_schedule(total, config.single_lr, groups=DETECTION_GROUPS)
+        if config.schedule == "probe":
+            return single_stage_schedule(total, config.single_lr, groups=heads, name="FPN+heads on a frozen trunk")
+        lrs = (config.single_lr,) * 3 if config.schedule == "staged_constant" else config.stage_lrs
+        return staged_schedule(config.stage_epochs, lrs, groups=groups, names=names)
     if config.schedule == "single":
         return single_stage_schedule(total, config.single_lr)
     if config.schedule == "probe":
@@ -223,12 +314,23 @@ def build_schedule(config: TrainConfig) -> List[Stage]:
     return staged_schedule(config.stage_epochs, config.stage_lrs)
 
 
+def _devkit_root(config: TrainConfig, verbose: bool) -> Path:
+    """The folder holding the config's devkit: the synthetic one (generated if missing) or real VOC's."""
+    if config.dataset == "synthetic":
+        return synthetic_devkit("target", config.mode, config.data_root, verbose, version=config.data_version)
+    return Path(config.data_root) if config.data_root else data_dir()
+
+
+def _first(ds: Dataset, n: int, classes: Sequence[str]) -> Dataset:
+    """The first ``n`` items of ``ds`` (keeping its ``classes``)."""
+    sub = Subset(ds, list(range(n)))
+    sub.classes = classes  # type: ignore[attr-defined]
+    return sub
+
+
 def build_datasets(config: TrainConfig, verbose: bool = True) -> Tuple[Dataset, Dataset, Tuple[str, ...]]:
     """``(train_set, val_set, class_names)`` for the config (generating a synthetic devkit if missing)."""
-    if config.dataset == "synthetic":
-        root = synthetic_devkit("target", config.mode, config.data_root, verbose, version=config.data_version)
-    else:
-        root = Path(config.data_root) if config.data_root else data_dir()
+    root = _devkit_root(config, verbose)
     sets = []
     for split, train in (("train", True), ("val", False)):
         ds = VOCClassification(root, year="2012", split=split, skip_bad=config.dataset == "voc",
@@ -240,9 +342,7 @@ def build_datasets(config: TrainConfig, verbose: bool = True) -> Tuple[Dataset, 
                 ds.ids, ds.labels = ds.ids[: int(n)], ds.labels[: int(n)]
             ds = CachedImages(ds, config.image_size, train)
         elif n is not None and n < len(ds):
-            sub = Subset(ds, list(range(int(n))))
-            sub.classes = classes  # type: ignore[attr-defined]
-            ds = sub
+            ds = _first(ds, int(n), classes)
         sets.append(ds)
     return sets[0], sets[1], tuple(classes)
 
@@ -322,10 +422,15 @@ def train_classifier(config: Union[TrainConfig, Dict[str, Any]], out_dir: Union[
         # chance and prior on this split (the prior's loss in the training loss's reduction)
         "reference": reference_lines(labels_of(train_set), labels_of(val_set), reduction=cfg.loss_reduction),
     })
-    if weights is not None and Path(weights).with_suffix(".json").exists():  # a stand-in: which weights exactly
+    return _write_summary(summary, weights, out_dir, info.is_main)
+
+
+def _write_summary(summary: Dict[str, Any], weights: Optional[str], out_dir: Path, is_main: bool) -> Dict[str, Any]:
+    """Add the stand-in's record (which weights exactly) and write ``summary.json`` (rank 0, no history)."""
+    if weights is not None and Path(weights).with_suffix(".json").exists():
         rec = standin_record(weights)
         summary["standin"] = {k: rec.get(k) for k in ("weights_digest", "source_val_mAP", "source_val_top1")}
-    if info.is_main:
+    if is_main:
         slim = {k: v for k, v in summary.items() if k != "history"}
         atomic_write_text(out_dir / "summary.json", json.dumps(jsonable(slim), indent=1) + "\n")
     return summary
@@ -344,9 +449,110 @@ def _reestimate_and_evaluate(trainer: Trainer, cfg: TrainConfig) -> Dict[str, An
             "val_loss_before_bn": last.get("val_loss")}
 
 
+# ------------------------------------------------------------------------------------------------
+# detection
+# ------------------------------------------------------------------------------------------------
+
+def build_detection_datasets(config: TrainConfig, verbose: bool = True) -> Tuple[Dataset, Dataset, Tuple[str, ...]]:
+    """``(train_set, val_set, class_names)`` of VOC detection for the config: the synthetic devkit's
+    (generated if missing) or real VOC2012's, decoded into memory when ``cache_images``
+    (:class:`~sca_lib.train_detection.CachedDetection`; training flips at random)."""
+    from .data import detection_transforms
+    from .train_detection import CachedDetection
+
+    root = _devkit_root(config, verbose)
+    sets = []
+    for split, train in (("train", True), ("val", False)):
+        ds = VOCDetection(root, year="2012", split=split, skip_bad=config.dataset == "voc",
+                          transforms=detection_transforms(train=train))
+        classes = ds.classes
+        n = config.train_images if train else config.val_images
+        if config.cache_images:
+            ds = CachedDetection(ds, train=train, limit=n, progress=verbose)
+        elif n is not None and n < len(ds):
+            ds = _first(ds, int(n), classes)
+        sets.append(ds)
+    return sets[0], sets[1], tuple(classes)
+
+
+def build_detection_model(config: TrainConfig, num_classes: int = 20, weights: Optional[str] = None,
+                          progress: bool = False) -> nn.Module:
+    """:func:`~sca_lib.detection.build_detector` from the config (``num_classes`` object classes; the
+    background is added), then C8's init on the new attention modules only. ``weights`` (the
+    trunk's) overrides ``config.weights``; a stand-in is resolved here."""
+    from .detection import build_detector
+
+    if weights is None:
+        weights = _resolve_weights(config, progress)
+    det = dict(config.detector or {})
+    model = build_detector(config.backbone, attention=config.attention, fpn_attention=config.fpn_attention,
+                           num_classes=num_classes + 1, weights_backbone=weights, weights=config.detector_weights,
+                           **det)
+    for m in attention_modules(model).values():
+        init_attention_(m)
+    return model
+
+
+def train_detector(config: Union[TrainConfig, Dict[str, Any]], out_dir: Union[str, Path],
+                   resume: bool = True, progress: bool = True, callbacks: Sequence[Any] = (),
+                   device: Optional[str] = None) -> Dict[str, Any]:
+    """Train one Faster R-CNN (``config.task == "detection"``); returns the summary (also written to
+    ``out_dir/summary.json``), resumable like :func:`train_classifier`.
+
+    Summary keys: the metrics (``mAP``: VOC2010+ detection AP at IoU 0.5, ``mAP_voc2007``,
+    ``per_class_ap``, ``detections_per_image``), ``classes``, ``params_total``, ``params_trainable``,
+    ``wall_time_s``, ``images_per_s``, ``clip_fraction``, ``config``, ``reference`` (chance and
+    prior-box detector mAP of the split, :func:`sca_lib.train_detection.detection_reference_lines`),
+    ``history`` (per epoch, with the detector's loss parts).
+    """
+    from .train_detection import DetectionTask, detection_reference_lines
+
+    if not isinstance(config, (TrainConfig, dict)):
+        raise TypeError(f"config must be a TrainConfig or a dict, got {type(config).__name__}")
+    cfg = config if isinstance(config, TrainConfig) else TrainConfig.from_dict(config)
+    if cfg.task != "detection":
+        raise ValueError(f"train_detector trains task='detection' configs, got task={cfg.task!r}; "
+                         f"use train_classifier (or train_model, which picks)")
+    t0 = time.perf_counter()
+    out_dir = Path(out_dir)
+    info = init_distributed()
+    weights = _resolve_weights(cfg, progress and info.is_main)
+    if cfg.dataset == "synthetic" and info.is_main:
+        synthetic_devkit("target", cfg.mode, cfg.data_root, progress, version=cfg.data_version)
+    if info.distributed:
+        torch.distributed.barrier()
+    train_set, val_set, classes = build_detection_datasets(cfg, verbose=progress and info.is_main)
+    torch.manual_seed(cfg.seed)
+    model = build_detection_model(cfg, num_classes=len(classes), weights=weights)
+    params_total = count_parameters(model)["total"]
+    trainer = Trainer(
+        model, parameter_groups(model), build_schedule(cfg), train_set, val_set, out_dir=out_dir,
+        batch_size=cfg.batch_size, set_trainable=set_trainable, momentum=cfg.momentum,
+        weight_decay=cfg.weight_decay, max_grad_norm=cfg.max_grad_norm, seed=cfg.seed, device=device,
+        num_workers=cfg.num_workers, eval_every=cfg.eval_every, progress=progress, config=cfg.to_dict(),
+        callbacks=callbacks, dist_info=info, task=DetectionTask(len(classes), classes),
+    )
+    setup_s = time.perf_counter() - t0
+    summary = trainer.fit(resume=resume)
+    summary.update({
+        "task": "detection", "classes": list(classes), "params_total": params_total,
+        "params_trainable": trainer.trainable_parameters(), "seed": cfg.seed, "setup_time_s": setup_s,
+        "weights": display_path(weights), "threads": torch.get_num_threads(),
+        "session_time_s": time.perf_counter() - t0, "config": cfg.to_dict(),
+        "reference": detection_reference_lines(train_set, val_set, num_classes=len(classes)),
+    })
+    return _write_summary(summary, weights, out_dir, info.is_main)
+
+
+def train_model(config: Union[TrainConfig, Dict[str, Any]], out_dir: Union[str, Path], **kwargs: Any) -> Dict[str, Any]:
+    """:func:`train_detector` for a detection config, :func:`train_classifier` otherwise."""
+    task = config.task if isinstance(config, TrainConfig) else dict(config).get("task", "classification")
+    return (train_detector if task == "detection" else train_classifier)(config, out_dir, **kwargs)
+
+
 def train_from_config(config: Dict[str, Any], out_dir: Union[str, Path]) -> Dict[str, Any]:
     """The ablation runner's entry: a grid point's flat config dict -> the run's summary (no history)."""
-    summary = train_classifier(dict(config), out_dir, resume=True, progress=False)
+    summary = train_model(dict(config), out_dir, resume=True, progress=False)
     return {k: v for k, v in summary.items() if k != "history"}
 
 
@@ -358,8 +564,14 @@ def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m sca_lib.train", description="Train one classifier with the "
                                 "staged recipe (C6-C9). Rerun the same command to resume.")
     p.add_argument("--mode", default="cpu", type=str.lower, choices=MODES, help="run mode (default cpu)")
+    p.add_argument("--task", default="classification", type=str.lower, choices=TASKS,
+                   help="classification (default; --attention defaults to dual) or detection (Faster R-CNN + "
+                        "FPN, VOC detection AP; --attention defaults to none)")
+    p.add_argument("--fpn-attention", default=None, help="detection: C13 attention on every FPN level (e.g. dual)")
+    p.add_argument("--detector-weights", default=None, help="detection: a whole plain detector's weights "
+                   "(DEFAULT = torchvision's COCO weights, or a state_dict file)")
     p.add_argument("--backbone", default=None, help="default: the mode's (mobilenet_v3_small; resnet50 for full)")
-    AttentionSpec.add_arguments(p)
+    AttentionSpec.add_arguments(p, kind_default=None)  # dual for a classifier, none for a detector (below)
     p.add_argument("--schedule", default="staged", choices=SCHEDULES)
     p.add_argument("--bn-policy", default=None, choices=["keep", "reestimate"],
                    help="re-estimate trainable BatchNorm statistics before the final evaluation (default: the "
@@ -395,7 +607,13 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         over["weights"] = None if args.weights.lower() == "none" else args.weights
     if args.stage_epochs:
         over["stage_epochs"] = tuple(int(v) for v in args.stage_epochs.split(","))
+    if args.spec_kind is None and args.task == "classification":
+        args.spec_kind = "dual"  # the classifier's default; a detector has no trunk attention unless asked
     over.update(attention=AttentionSpec.from_args(args), schedule=args.schedule, seed=args.seed, quick=args.quick)
+    if args.task == "detection":
+        over.update(task="detection", fpn_attention=args.fpn_attention, detector_weights=args.detector_weights)
+    elif args.fpn_attention or args.detector_weights:
+        raise ValueError("--fpn-attention and --detector-weights are detection settings; add --task detection")
     return TrainConfig.from_mode(args.mode, **over)
 
 
@@ -413,13 +631,13 @@ def main(argv: Optional[List[str]] = None) -> int:
     out_dir = Path(args.out_dir) if args.out_dir else runs_dir(args.name or default_run_name(cfg))
     info = init_distributed()
     if info.is_main:
-        print(f"run: {cfg.mode} mode, {cfg.backbone} + {cfg.attention.kind or 'no attention'}, seed {cfg.seed}, "
+        what = "" if cfg.task == "classification" else f"Faster R-CNN, FPN attention {cfg.fpn_attention}, "
+        print(f"run: {cfg.mode} mode, {what}{cfg.backbone} + {cfg.attention.kind or 'no attention'}, seed {cfg.seed}, "
               f"{sum(cfg.stage_epochs)} epochs, {info.world_size} process(es)", flush=True)
         print(f"logs and checkpoint: {out_dir}/ (log.csv, log.jsonl, steps.csv, checkpoint.pt, summary.json)",
               flush=True)
     try:
-        s = train_classifier(cfg, out_dir, resume=not args.no_resume, progress=not args.no_progress,
-                             device=args.device)
+        s = train_model(cfg, out_dir, resume=not args.no_resume, progress=not args.no_progress, device=args.device)
     except DivergenceError as e:
         if info.is_main:
             print(f"error: {e}", file=sys.stderr, flush=True)
@@ -428,7 +646,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         if info.distributed and torch.distributed.is_initialized():
             torch.distributed.destroy_process_group()
     if info.is_main:
-        print(f"done: mAP {s['mAP']:.4f}  top-1 {s['top1']:.4f}  wall {s['wall_time_s']:.1f} s  "
+        top1 = f"top-1 {s['top1']:.4f}" if cfg.task == "classification" else f"VOC07 mAP {s['mAP_voc2007']:.4f}"
+        print(f"done: mAP {s['mAP']:.4f}  {top1}  wall {s['wall_time_s']:.1f} s  "
               f"{s['images_per_s']:.0f} images/s  ({s['epochs']} epochs, {s['world_size']} process(es), "
               f"{s['device']}; {out_dir})", flush=True)
     return 0
