@@ -14,8 +14,8 @@ so a busy machine slows all of them alike, and prints each median and its ratio 
 Weights are random (nothing is downloaded). The trunk's cost does not depend on weight values, but
 the number of boxes the RPN's NMS keeps and the box head scores does; with random weights it varies
 from model to model and would swamp the ratio. So every detector here keeps every proposal
-(``rpn_nms_thresh=1.0``: ``rpn_post_nms_top_n_test`` = 1000 per image whatever the scores) and every
-scored box (``box_score_thresh=0``): the heads do the same work in every variant, as with trained
+(``rpn_nms_thresh=1.0``, ``rpn_score_thresh=0``: ``rpn_post_nms_top_n_test`` = 1000 per image whatever
+the scores) and every scored box (``box_score_thresh=0``): the heads do the same work in every variant, as with trained
 weights on a busy image. Parameters come with each row (exact counts).
 """
 
@@ -71,7 +71,7 @@ def main(argv=None) -> int:
           f"{args.batch_size}, {device}, {torch.get_num_threads()} threads, median of {args.runs} interleaved runs")
     for backbone in args.backbones:
         torch.manual_seed(0)
-        same_work = {"rpn_nms_thresh": 1.0, "box_score_thresh": 0.0}
+        same_work = {"rpn_nms_thresh": 1.0, "rpn_score_thresh": 0.0, "box_score_thresh": 0.0}
         models = {label: build_detector(backbone, min_size=size, max_size=max(size, 1333), detector_kwargs=same_work,
                                         **kw) for label, kw in VARIANTS[backbone]}
         ms = compare_latency(models, (3, args.image_size, args.image_size), args.batch_size, device,

@@ -137,8 +137,12 @@ class FPNAttention(nn.Module):
 
     The article's snippet loops over the levels in the order it receives them and adds the resized
     previous *output* (so each level carries everything coarser than it); its text says the
-    previous level is *upsampled*, so the loop here runs from the coarsest level down, whatever
-    order the dict comes in. ``fusion=False`` keeps only the per-level attention.
+    previous level is *upsampled*, so the loop here runs from the coarsest level down. The input
+    must hold exactly ``levels``, in that order (torchvision's, fine to coarse); another order or
+    set of keys is refused. ``fusion=False`` keeps only the per-level attention.
+
+    Strengths: the attention module's own defaults (C1's plain product, alpha = beta = 1) unless
+    ``attention_kwargs`` say otherwise; :func:`build_detector` passes C10's detection strengths.
 
     Args:
         channels: the FPN's width (256 in torchvision).
@@ -305,8 +309,12 @@ def _load_detector(model: nn.Module, sd: Mapping[str, torch.Tensor], name: str, 
         parts = [f"{what}: {', '.join(keys[:5])}{' ...' if len(keys) > 5 else ''} ({len(keys)})"
                  for what, keys in (("missing keys", missing), ("unexpected keys", unexpected),
                                     ("shape mismatches", shapes)) if keys]
+        hint = ""
+        if any(".attn." in k or "fpn_attention" in k or k.endswith(".conv.weight") for k in unexpected):
+            hint = (" The file looks like a detector WITH attention: build the same detector (same attention, "
+                    "placement, fpn_attention) and call model.load_state_dict(torch.load(path)).")
         raise ValueError(f"detector weights from {source} do not match a plain {name} Faster R-CNN of this "
-                         f"configuration: {'; '.join(parts)}. {_detector_weights_help(name)}")
+                         f"configuration: {'; '.join(parts)}.{hint} {_detector_weights_help(name)}")
     for k, v in sd.items():
         if v.is_floating_point() and not bool(torch.isfinite(v).all()):
             raise ValueError(f"detector weights from {source} hold NaN/inf in {k!r}; re-create the file")
@@ -409,8 +417,9 @@ def build_detector(
         min_size, max_size: torchvision's resize of every input (800 / 1333 by default).
         detector_kwargs: more keyword arguments for ``torchvision.models.detection.FasterRCNN``
             (e.g. ``rpn_pre_nms_top_n_test``, ``box_detections_per_img``).
-        **attention_kwargs: for every attention module (``reduction``, ``strength``, ``alpha``,
-            ``beta``, ``drop_rate``, ``identity_init``); C10's detection strengths by default.
+        **attention_kwargs: for every attention module, the trunk's and the FPN's alike
+            (``reduction``, ``strength``, ``alpha``, ``beta``, ``drop_rate``, ``identity_init``);
+            C10's detection strengths by default.
 
     Returns:
         ``torchvision.models.detection.FasterRCNN``: ``model(images, targets)`` in training mode
@@ -477,7 +486,8 @@ def build_detector(
     _tag_detector(model)
     model.sca_config = {  # type: ignore[attr-defined]
         "task": "detection", "backbone": name, "attention": kind, "placement": resolved, "modules": modules,
-        "fpn_attention": fpn_kind, "fpn_shared": bool(fpn_shared), "fpn_fusion": bool(fpn_fusion),
+        "fpn_attention": fpn_kind, "fpn_shared": bool(fpn_shared) if fpn_kind else None,
+        "fpn_fusion": bool(fpn_fusion) if fpn_kind else None,
         "pyramid": levels, "num_classes": num_classes, "weights": source, "weights_backbone": trunk_source,
         "frozen_bn": bool(frozen_bn), "attention_kwargs": kwargs if (kind or fpn_kind) else {},
         "anchor_sizes": list(sizes), "box_head_size": box_head_size, "min_size": min_size, "max_size": max_size,

@@ -411,11 +411,13 @@ def detection_metrics(detections: Sequence[Mapping], ground_truths: Sequence[Map
     if class_names is not None and len(class_names) != num_classes:
         raise ValueError(f"detection_metrics: {len(class_names)} class names for {num_classes} classes")
     dets, gts = _check_detections(detections, ground_truths)
-    for i, (gb, gl, _) in enumerate(gts):
-        bad = gl[(gl < 1) | (gl > num_classes)]
-        if bad.size:
-            raise ValueError(f"ground_truths[{i}] has label(s) {sorted(set(bad.tolist()))} outside 1..{num_classes} "
-                             f"(0 is the background; VOCDetection gives 1..20)")
+    for i, ((gb, gl, _), (_, _, dl)) in enumerate(zip(gts, dets)):
+        for what, lab in (("ground_truths", gl), ("detections", dl)):
+            bad = lab[(lab < 1) | (lab > num_classes)]
+            if bad.size:
+                raise ValueError(f"{what}[{i}] has label(s) {sorted(set(bad.tolist()))} outside 1..{num_classes}: "
+                                 f"num_classes counts object classes without the background (20 for VOC, whose "
+                                 f"labels are 1..20; build_detector's num_classes=21 includes the background)")
     ap = np.array([_class_ap(dets, gts, c, float(iou_threshold), method)["ap"] for c in range(1, num_classes + 1)])
     out: Dict[str, object] = {
         "mAP": float(np.nanmean(ap)) if np.isfinite(ap).any() else float("nan"),

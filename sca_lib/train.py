@@ -1,17 +1,19 @@
-"""Train one classifier with the article's staged recipe (claims C6-C9): the config and the CLI.
+"""Train one classifier or detector with the article's staged recipe (claims C6-C9): the config and the CLI.
 
     python -m sca_lib.train --mode cpu --backbone mobilenet_v3_small --attention lite
     python -m sca_lib.train --mode full --backbone resnet50 --attention dual       # a GPU, real VOC
     torchrun --nproc_per_node=2 -m sca_lib.train --mode fast                        # DDP (gloo on CPU)
+    python -m sca_lib.train --task detection --mode fast --fpn-attention dual      # a Faster R-CNN
 
-One :class:`TrainConfig` describes a run; :func:`train_classifier` builds data, model and schedule
-from it and runs :class:`sca_lib.engine.Trainer`. What each run mode sets (:data:`MODE_DEFAULTS`):
+One :class:`TrainConfig` describes a run; :func:`train_classifier` (:func:`train_detector` for
+``task="detection"``, :mod:`sca_lib.train_detection`; :func:`train_model` picks) builds data, model
+and schedule from it and runs :class:`sca_lib.engine.Trainer`. What each run mode sets (:data:`MODE_DEFAULTS`):
 
 - ``fast``: CI plumbing. The synthetic devkit's fast size at 32 px, stages of 1 epoch each, the
   fast stand-in backbone.
 - ``cpu``: small but real on a 2-core CPU (:data:`sca_lib.studies.CPU_PROTOCOL`). The synthetic
   devkit version 2 at its cpu size (1,600 train / 400 val) at 112 px, the module where the map is
-  7x7 (:data:`MODE_PLACEMENTS`), stages of 3, 5 and 4 epochs at LR 0.05, 0.005 and 0.0005 (C6's
+  7x7 (:data:`MODE_PLACEMENTS`), stages of 4, 7 and 5 epochs at LR 0.05, 0.005 and 0.0005 (C6's
   shape), the masked BCE averaged over labels (so C7's clip at 2.0 is a guard, not the optimiser),
   BatchNorm re-estimated before the final evaluation, the backbone pre-trained on the synthetic
   source set (:mod:`sca_lib.standin`). On a machine shared with other jobs use ``OMP_NUM_THREADS=1``.

@@ -158,6 +158,9 @@ def test_weights_backbone_and_detector_weights_from_local_files(tmp_path):
     torch.testing.assert_close(other.backbone.fpn.layer_blocks[0][0].weight, det.backbone.fpn.layer_blocks[0][0].weight)
     with pytest.raises(ValueError, match="do not match a plain mobilenet_v3_small"):
         build_detector("mobilenet_v3_small", weights=tmp_path / "det.pt", **SMALL)
+    torch.save(again.state_dict(), tmp_path / "with-attention.pt")
+    with pytest.raises(ValueError, match="looks like a detector WITH attention"):
+        build_detector("resnet18", weights=tmp_path / "with-attention.pt", **SMALL)
     with pytest.raises(FileNotFoundError, match="not found"):
         build_detector("resnet18", weights=tmp_path / "missing.pt")
 

@@ -60,8 +60,10 @@ def test_mean_over_classes_with_boxes_and_bad_input():
     assert m["mAP"] == 0.5 and m["classes_evaluated"] == 2 and m["num_detections"] == 2
     with pytest.raises(ValueError, match="one entry per image"):
         detection_metrics(dets, gts + gts, num_classes=3)
-    with pytest.raises(ValueError, match=r"outside 1\.\.3 \(0 is the background"):
+    with pytest.raises(ValueError, match=r"outside 1\.\.3: num_classes counts object classes"):
         detection_metrics(dets, [{"boxes": [[0, 0, 1, 1]], "labels": [0]}], num_classes=3)
+    with pytest.raises(ValueError, match=r"detections\[0\] has label\(s\) \[4\] outside 1\.\.3"):
+        detection_metrics([{"boxes": [[0, 0, 1, 1]], "scores": [1], "labels": [4]}], gts, num_classes=3)
     with pytest.raises(ValueError, match=r"shape \(K, 4\)"):
         detection_metrics([{"boxes": [[0, 0, 1]], "scores": [1], "labels": [1]}], gts, num_classes=3)
     with pytest.raises(ValueError, match="keys"):
