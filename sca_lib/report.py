@@ -78,6 +78,16 @@ def _digits(metric: str) -> int:
 CONFIG_COLUMNS = ("backbone",) + SPEC_KEYS + ("schedule", "seed")
 
 
+def _attention_label(trunk: Optional[str], cfg: Dict[str, Any]) -> str:
+    """The ``attention`` column: the module's name or "none"; a detector's C13 attention on the FPN
+    joins it as ``"fpn <name>"`` (``"dual + fpn dual"`` with both)."""
+    trunk = trunk or "none"
+    fpn = cfg.get("fpn_attention") if cfg.get("task") == "detection" else None
+    if not fpn:
+        return trunk
+    return f"fpn {fpn}" if trunk == "none" else f"{trunk} + fpn {fpn}"
+
+
 def results_frame(rows: List[Dict[str, Any]]) -> pd.DataFrame:
     """One row per (finished run, study it belongs to), config flattened, metrics in percent.
 
@@ -95,8 +105,10 @@ def results_frame(rows: List[Dict[str, Any]]) -> pd.DataFrame:
         studies = list(dict.fromkeys(list(r.get("studies", [r.get("study")])) + grids[grid].get(r["run_id"], [])))
         cfg = r["config"]
         base = {k: cfg.get(k) for k in CONFIG_COLUMNS}
-        base["attention"] = base["attention"] or "none"
-        base.update(run_id=r["run_id"], grid=grid, mAP=100 * float(r["mAP"]), top1=100 * float(r["top1"]),
+        base["attention"] = _attention_label(base["attention"], cfg)
+        top1 = r.get("top1")  # a detector has no top-1
+        base.update(run_id=r["run_id"], grid=grid, mAP=100 * float(r["mAP"]),
+                    top1=np.nan if top1 is None else 100 * float(top1),
                     params=r.get("params_total"), flops=r.get("flops"), wall_time_s=r.get("wall_time_s"),
                     images_per_s=r.get("images_per_s"), git_commit=r.get("git_commit"))
         if r.get("val_loss") is not None:
@@ -337,7 +349,8 @@ def write_report(results_dir: Path, metrics: Optional[Sequence[str]] = None, fig
     df = results_frame(finished)
     if metrics is None:
         has_loss = all(c in df and df[c].notna().all() for c in ("val_loss", "prior_val_loss"))
-        metrics = ("mAP", "top1") + (("val_loss",) if has_loss else ())
+        has_top1 = "top1" in df and df["top1"].notna().any()  # detectors report mAP only
+        metrics = ("mAP",) + (("top1",) if has_top1 else ()) + (("val_loss",) if has_loss else ())
     studies = list(dict.fromkeys(df["study"])) if len(df) else []
     commits = sorted(set(df["git_commit"].dropna())) if len(df) else []
     tables: Dict[str, pd.DataFrame] = {}

@@ -89,7 +89,8 @@ def check_row(row: Any) -> Optional[str]:
     if status not in STATUSES:
         return f"'status' must be one of {', '.join(STATUSES)}, got {status!r}"
     if status == "ok":
-        missing = [k for k in ("mAP", "top1") if not _is_number(row.get(k))]
+        needed = ("mAP",) if row["config"].get("task") == "detection" else ("mAP", "top1")  # a detector has no top-1
+        missing = [k for k in needed if not _is_number(row.get(k))]
         if missing:
             return f"a finished run needs numbers for {' and '.join(missing)}"
     return None

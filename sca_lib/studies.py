@@ -189,6 +189,15 @@ GRIDS: Dict[str, Grid] = {
                     "(3 for ResNet18), six primary comparisons declared here before it ran.",
         primary=_CPU_PRIMARY, settings=CPU_PROTOCOL, placements=CPU_PLACEMENTS,
     ),
+    "detection_fast": Grid(
+        "detection_fast", "fast", (0, 1),
+        (Study("variants", "plumbing check: attention in a Faster R-CNN's trunk or on its FPN (C13)", "attention",
+               ({"attention": None}, {"attention": "dual"}, {"attention": None, "fpn_attention": "dual"}),
+               _SMALL, baseline="plain"),),
+        description="CI plumbing check of the detection path: a tiny Faster R-CNN (MobileNetV3-Small + FPN) in the "
+                    "fast mode, no attention vs dual in the trunk vs dual on every FPN level, 2 seeds.",
+        settings={"task": "detection", "train_images": 24, "val_images": 12},
+    ),
     "cpu_v1": Grid(
         "cpu_v1", "cpu", (0, 1, 2),
         (_variants_study(_SMALL),
@@ -232,6 +241,8 @@ def normalise(config: Mapping[str, Any]) -> Dict[str, Any]:
     out = dict(rest)
     out.update(normalise_spec(spec, rest["backbone"]).to_flat())
     out.setdefault("schedule", "staged")
+    if out.get("task") == "detection":
+        out.setdefault("fpn_attention", None)  # spelled out, so a plain detector hashes one way
     return out
 
 

@@ -64,7 +64,8 @@ def test_grid_configs_follow_the_training_contract():
     for name, grid in studies.GRIDS.items():
         for p in studies.build_grid(name):
             c = p["config"]
-            assert set(c) == contract | ({"quick"} if grid.quick else set()) | set(grid.settings), name
+            detection = {"fpn_attention"} if grid.settings.get("task") == "detection" else set()
+            assert set(c) == contract | ({"quick"} if grid.quick else set()) | set(grid.settings) | detection, name
             assert c["mode"] == grid.mode and p["run_id"] == config_hash(c)
     quick = studies.build_grid("quick")[0]["config"]
     assert quick["quick"] is True and quick["mode"] == "cpu"
@@ -261,3 +262,20 @@ def test_command_line_errors_are_reasons_not_tracebacks(tmp_path, capsys):
     from sca_lib import report
 
     assert report.main([str(tmp_path / "nothing")]) == 2 and "no results in" in capsys.readouterr().err
+
+
+def test_detection_grid_end_to_end(tmp_path):
+    """The runner trains Faster R-CNNs through the same engine; the report labels FPN attention and
+    gives mAP with its chance and prior-box lines, and no top-1 (a detector has none)."""
+    rows = ablate.run_grid("detection_fast", tmp_path / "res", tmp_path / "runs", progress=False)
+    assert len(rows) == 6 and all(r["task"] == "detection" and r["top1"] is None for r in rows)
+    assert all(0.0 <= r["mAP"] <= 1.0 and 0.0 <= r["mAP_voc2007"] <= 1.0 for r in rows)
+    from sca_lib import report
+
+    tables = report.write_report(tmp_path / "res", figures=True, quiet=True)
+    assert set(tables) == {"variants/mAP"}
+    t = tables["variants/mAP"].set_index("setting")
+    assert {"none", "dual", "fpn dual", "chance (random scores)", "prior (image-blind)"} <= set(t.index)
+    assert t.loc["fpn dual", "vs"] == "none" and t.loc["fpn dual", "n seeds"] == 2
+    assert t.loc["fpn dual", "family"] == "secondary" and t.loc["fpn dual", "p (Holm)"] != ""  # no primaries: one family
+    assert (tmp_path / "res" / "fig_forest.png").exists()
