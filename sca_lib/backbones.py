@@ -164,23 +164,30 @@ def _resolve_weights(bb: _Backbone, weights: WeightsArg) -> Tuple[Optional[Weigh
         return enum_cls.verify(weights), None, weights
     if isinstance(weights, (str, os.PathLike)):
         path = os.fspath(weights)
-        if not os.path.isfile(path):
-            raise FileNotFoundError(f"weights file {path!r} not found; {_weights_help(bb)}")
-        try:
-            obj = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as e:  # noqa: BLE001 - any unreadable file gets the same advice
-            raise ValueError(f"could not read {path!r} as a PyTorch state_dict ({type(e).__name__}: "
-                             f"{e}); {_weights_help(bb)}") from None
-        if isinstance(obj, Mapping) and not all(torch.is_tensor(v) for v in obj.values()):
-            for key in ("state_dict", "model", "model_state_dict"):  # a training checkpoint
-                if isinstance(obj.get(key), Mapping):
-                    obj = obj[key]
-                    break
-        if not isinstance(obj, Mapping) or not all(torch.is_tensor(v) for v in obj.values()):
-            raise ValueError(f"{path!r} holds a {type(obj).__name__}, not a state_dict (a dict of "
-                             f"tensors); {_weights_help(bb)}")
-        return None, obj, path
+        return None, load_state_dict_file(path, _weights_help(bb)), path
     raise ValueError(f"unsupported weights {weights!r} ({type(weights).__name__}); {_weights_help(bb)}")
+
+
+def load_state_dict_file(path: str, advice: str, what: str = "weights") -> Mapping[str, torch.Tensor]:
+    """The ``state_dict`` saved at ``path`` (a training checkpoint's ``state_dict`` / ``model`` /
+    ``model_state_dict`` entry too); a missing, unreadable or non-state_dict file raises an error
+    that ends with ``advice``."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{what} file {path!r} not found; {advice}")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - any unreadable file gets the same advice
+        raise ValueError(f"could not read {path!r} as a PyTorch state_dict ({type(e).__name__}: "
+                         f"{e}); {advice}") from None
+    if isinstance(obj, Mapping) and not all(torch.is_tensor(v) for v in obj.values()):
+        for key in ("state_dict", "model", "model_state_dict"):  # a training checkpoint
+            if isinstance(obj.get(key), Mapping):
+                obj = obj[key]
+                break
+    if not isinstance(obj, Mapping) or not all(torch.is_tensor(v) for v in obj.values()):
+        raise ValueError(f"{path!r} holds a {type(obj).__name__}, not a state_dict (a dict of "
+                         f"tensors); {advice}")
+    return obj
 
 
 def _listing(keys: Sequence[str], n: int = 6) -> str:

@@ -63,7 +63,7 @@ from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 
 from ._checks import feature_map, positive_int
 from .attention import create_attention, list_attentions
-from .backbones import _backbone, _places, build_classifier
+from .backbones import _backbone, _places, build_classifier, load_state_dict_file
 from .placements import apply_placements, resolve_placements
 from .spec import AttentionSpec
 
@@ -277,18 +277,7 @@ def _detector_state_dict(name: str, weights: WeightsArg) -> Tuple[Optional[Mappi
         return w.get_state_dict(progress=True, check_hash=True), str(w)
     if isinstance(weights, (str, os.PathLike)):
         path = os.fspath(weights)
-        if not os.path.isfile(path):
-            raise FileNotFoundError(f"detector weights file {path!r} not found; {_detector_weights_help(name)}")
-        try:
-            obj = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as e:  # noqa: BLE001 - any unreadable file gets the same advice
-            raise ValueError(f"could not read {path!r} as a PyTorch state_dict ({type(e).__name__}: {e}); "
-                             f"{_detector_weights_help(name)}") from None
-        if isinstance(obj, Mapping) and isinstance(obj.get("model"), Mapping):  # a training checkpoint
-            obj = obj["model"]
-        if not isinstance(obj, Mapping) or not all(torch.is_tensor(v) for v in obj.values()):
-            raise ValueError(f"{path!r} holds a {type(obj).__name__}, not a state_dict; {_detector_weights_help(name)}")
-        return obj, path
+        return load_state_dict_file(path, _detector_weights_help(name), "detector weights"), path
     raise ValueError(f"unsupported detector weights {weights!r}; {_detector_weights_help(name)}")
 
 
