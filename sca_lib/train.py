@@ -55,7 +55,7 @@ from .profile import count_flops, count_parameters
 from .schedule import Stage, schedule_from_dicts, single_stage_schedule, staged_schedule
 from .spec import SPEC_KEYS, AttentionSpec
 from .standin import pretrain_standin, standin_record, synthetic_devkit
-from .studies import CPU_PLACEMENTS, CPU_PROTOCOL
+from .studies import CPU_PLACEMENTS, CPU_PROTOCOL, DETECTION_CPU_PROTOCOL
 
 __all__ = ["TrainConfig", "MODE_DEFAULTS", "DETECTION_MODE_DEFAULTS", "TASKS", "SCHEDULES", "QUICK_STAGE_EPOCHS",
            "train_classifier", "train_detector", "train_model", "train_from_config", "build_schedule", "build_model",
@@ -75,8 +75,8 @@ MODE_DEFAULTS: Dict[str, Dict[str, Any]] = {
 #: few images, the staged learning rates of C6, BatchNorm left alone (a detector's pretrained trunk
 #: has frozen BatchNorm, torchvision's choice), and the detector's size (``detector``: keywords of
 #: :func:`sca_lib.detection.build_detector`). ``fast`` is CI plumbing; ``cpu`` is small enough for a
-#: 2-core CPU (the synthetic devkit's 112-144 px images at their own size, a narrow box head, a few
-#: hundred proposals); ``full`` is torchvision's Faster R-CNN on real VOC (800 px, ImageNet trunk).
+#: 2-core CPU (:data:`sca_lib.studies.DETECTION_CPU_PROTOCOL`: the synthetic devkit at 224 px, a
+#: narrow box head, a few hundred proposals); ``full`` is torchvision's Faster R-CNN on real VOC (800 px, ImageNet trunk).
 DETECTION_MODE_DEFAULTS: Dict[str, Dict[str, Any]] = {
     "fast": dict(batch_size=4, bn_policy="keep", stage_epochs=(1, 1, 1), stage_lrs=(0.01, 0.001, 0.0001),
                  single_lr=0.01, detector=dict(
@@ -84,12 +84,7 @@ DETECTION_MODE_DEFAULTS: Dict[str, Dict[str, Any]] = {
                      detector_kwargs=dict(rpn_pre_nms_top_n_train=200, rpn_post_nms_top_n_train=100,
                                           rpn_pre_nms_top_n_test=100, rpn_post_nms_top_n_test=50,
                                           box_batch_size_per_image=64))),
-    "cpu": dict(batch_size=4, bn_policy="keep", stage_epochs=(3, 5, 4), stage_lrs=(0.01, 0.001, 0.0001),
-                single_lr=0.01, detector=dict(
-                    min_size=128, max_size=160, anchor_sizes=[16, 32, 64, 128, 256], box_head_size=256,
-                    detector_kwargs=dict(rpn_pre_nms_top_n_train=600, rpn_post_nms_top_n_train=300,
-                                         rpn_pre_nms_top_n_test=300, rpn_post_nms_top_n_test=100,
-                                         box_batch_size_per_image=128))),
+    "cpu": dict(batch_size=4, bn_policy="keep", **DETECTION_CPU_PROTOCOL),
     "full": dict(batch_size=8, bn_policy="keep", stage_lrs=(0.01, 0.001, 0.0001), single_lr=0.01, detector={},
                  num_workers=8),
 }

@@ -16,6 +16,7 @@ from sca_lib.detection import DETECTION_GROUPS, DETECTION_STAGE_GROUPS
 from sca_lib.metrics import detection_metrics
 from sca_lib.train import TrainConfig, _parser, build_schedule, config_from_args, train_detector, train_model
 from sca_lib.train_detection import prior_box_detections, random_box_detections
+from sca_lib.studies import DETECTION_CPU_PROTOCOL
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -64,9 +65,11 @@ def test_detection_config_and_schedule():
     cfg = TrainConfig.from_mode("cpu", task="detection", backbone="resnet18", attention="dual", placement="layer3.1",
                                 detector={"min_size": 96, "detector_kwargs": {"rpn_post_nms_top_n_test": 20}})
     assert cfg.bn_policy == "keep" and cfg.batch_size == 4
-    assert cfg.detector["min_size"] == 96 and cfg.detector["max_size"] == 160  # the mode's, updated
+    protocol = DETECTION_CPU_PROTOCOL["detector"]
+    assert cfg.detector["min_size"] == 96 and cfg.detector["max_size"] == protocol["max_size"] == 288  # the mode's, updated
     assert cfg.detector["detector_kwargs"]["rpn_post_nms_top_n_test"] == 20
-    assert cfg.detector["detector_kwargs"]["rpn_pre_nms_top_n_test"] == 300
+    assert cfg.detector["detector_kwargs"]["rpn_pre_nms_top_n_test"] == 150
+    assert list(cfg.stage_epochs) == DETECTION_CPU_PROTOCOL["stage_epochs"]
     assert TrainConfig.from_dict(cfg.to_dict()).to_dict() == cfg.to_dict()
     stages = build_schedule(cfg)
     assert [s.groups for s in stages] == [tuple(g) for g in DETECTION_STAGE_GROUPS]
