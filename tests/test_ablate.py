@@ -5,7 +5,7 @@ import json
 import numpy as np
 import pytest
 
-from sca_lib import ablate, studies
+from sca_lib import ablate, report, studies
 from sca_lib.engine import DivergenceError
 from sca_lib.results import config_hash, is_finished, load_results, merge_results
 from sca_lib.spec import SPEC_KEYS
@@ -36,6 +36,23 @@ def test_grid_is_deterministic_and_deduplicates_shared_configs():
                                                      "strength", "dropout", "schedule", "init"}
     assert all(p["config"]["seed"] in (0, 1, 2) for p in g1)
     assert [len(studies.build_grid(g)) for g in ("fast", "quick", "cpu_v1", "full")] == [10, 12, 57, 69]
+
+
+def test_the_detection_cpu_grid_spells_out_its_protocol_and_its_primaries_name_real_settings():
+    points = studies.build_grid("detection_cpu")
+    assert len(points) == 3 * 5 and len({p["run_id"] for p in points}) == 15
+    for p in points:
+        c = p["config"]
+        assert {k: c[k] for k in studies.DETECTION_CPU_PROTOCOL} == studies.DETECTION_CPU_PROTOCOL
+        assert c["task"] == "detection" and c["backbone"] == "mobilenet_v3_small"
+    # the report labels each run's setting; every declared primary must be one of those labels, or the
+    # Holm family would silently lose it (a mislabelled primary would land among the secondaries)
+    rows = [{"run_id": p["run_id"], "grid": "detection_cpu", "studies": p["studies"], "config": p["config"],
+             "mAP": 0.5, "status": "ok"} for p in points]
+    frame = report.results_frame(rows)
+    labels = {(r.study, r.attention) for r in frame.itertuples()}
+    assert labels == {("variants", "none"), ("variants", "dual"), ("variants", "fpn dual")}
+    assert set(studies.GRIDS["detection_cpu"].primary) == labels - {("variants", "none")}
 
 
 def test_the_cpu_grid_spells_out_its_protocol_and_places_the_module_at_a_7x7_map():
