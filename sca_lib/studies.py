@@ -224,6 +224,18 @@ GRIDS: Dict[str, Grid] = {
         primary=(("variants", "dual"), ("variants", "fpn dual")),
         settings=DETECTION_CPU_PROTOCOL,
     ),
+    "detection_full": Grid(
+        "detection_full", "full", (0, 1, 2),
+        (Study("variants", "The article's detectors (C12, C13): attention in the trunk (C4's seven AttnResBlocks on "
+               "ResNet50; the module after the last block on MobileNetV3-Large, dual or lite) or on every FPN level",
+               "attention",
+               ({"attention": None}, {"attention": "dual"}, {"attention": "lite"},
+                {"attention": None, "fpn_attention": "dual"}),
+               ("resnet50", "mobilenet_v3_large"), baseline="plain"),),
+        description="The detection study for a GPU: torchvision's Faster R-CNN (ResNet50-FPN, MobileNetV3-Large-FPN, "
+                    "ImageNet trunks) on real VOC2012 at 800 px, the full mode's staged recipe, 3 seeds. Not run yet.",
+        settings={"task": "detection"},
+    ),
     "cpu_v1": Grid(
         "cpu_v1", "cpu", (0, 1, 2),
         (_variants_study(_SMALL),

@@ -53,6 +53,14 @@ def test_the_detection_cpu_grid_spells_out_its_protocol_and_its_primaries_name_r
     labels = {(r.study, r.attention) for r in frame.itertuples()}
     assert labels == {("variants", "none"), ("variants", "dual"), ("variants", "fpn dual")}
     assert set(studies.GRIDS["detection_cpu"].primary) == labels - {("variants", "none")}
+    full = studies.build_grid("detection_full")  # lite only on MobileNetV3; C4's seven blocks on ResNet50
+    assert sorted((p["config"]["backbone"], str(p["config"]["attention"]), str(p["config"]["fpn_attention"]),
+                   str(p["config"]["placement"])) for p in full if p["config"]["seed"] == 0) == [
+        ("mobilenet_v3_large", "None", "None", "None"), ("mobilenet_v3_large", "None", "dual", "None"),
+        ("mobilenet_v3_large", "dual", "None", "after_features.16"),
+        ("mobilenet_v3_large", "lite", "None", "after_features.16"),
+        ("resnet50", "None", "None", "None"), ("resnet50", "None", "dual", "None"),
+        ("resnet50", "dual", "None", "detection")]
 
 
 def test_the_cpu_grid_spells_out_its_protocol_and_places_the_module_at_a_7x7_map():
