@@ -1,0 +1,223 @@
+"""Does a map point at the object? Localisation scores for attention maps and CAMs.
+
+Two scores, both computed in the original image's pixel grid from a non-negative saliency map
+``(H, W)`` (an attention map or a Grad-CAM, upsampled to the image) and the ground-truth boxes of
+one class in that image:
+
+* **Pointing game** (Zhang et al., "Top-down neural attention by excitation backprop", ECCV 2016;
+  the definition of TorchRay's benchmark): the map's maximum is a *hit* when some pixel of the
+  class's boxes lies strictly within ``tolerance`` pixels (default 15) of it, else a *miss*. The
+  score of a class is hits / (hits + misses) over every (image, class present) pair; the score of
+  a model is the mean over classes. A pair whose boxes of the class are all VOC-``difficult`` is
+  skipped. The *difficult* subset keeps the pairs where the class's boxes cover less than a
+  quarter of the image and at least one other class is present (the excitation-backprop paper's
+  rule, computed here from the annotations instead of read from its published list).
+  One difference from TorchRay, stated: TorchRay averages over *all* classes, so a class that never
+  occurs counts as accuracy 0; :class:`PointingGame` averages over the classes that were scored
+  (identical whenever every class occurs, as in VOC's test sets).
+* **Energy inside the boxes**: the share of the map's total mass that falls inside the union of
+  the class's boxes, beside the share of the image's area those boxes cover. A map no better
+  than uniform scores its area share; a map that localises scores more.
+
+The trivial baseline for both: a map that always peaks at the image centre (:func:`centre_map`).
+
+Boxes are ``xyxy`` pixel *edges* as :class:`sca_lib.data.VOCDetection` returns them
+(``(xmin - 1, ymin - 1, xmax, ymax)`` of the XML): the box covers pixel columns ``x0 .. x1 - 1``
+and rows ``y0 .. y1 - 1``, the mask TorchRay draws from the same XML.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Dict, Iterable, List, Tuple
+
+import numpy as np
+import torch
+
+__all__ = ["box_mask", "peak", "pointing_hit", "energy_inside", "centre_map", "is_difficult_pair",
+           "PointingGame", "localisation_scores"]
+
+ArrayLike = Any  # numpy array or torch tensor
+
+
+def _np(x: ArrayLike) -> np.ndarray:
+    if isinstance(x, torch.Tensor):
+        return x.detach().cpu().numpy()
+    return np.asarray(x)
+
+
+def _check_map(saliency: ArrayLike, name: str = "saliency") -> np.ndarray:
+    s = _np(saliency).astype(np.float64)
+    if s.ndim == 3 and s.shape[0] == 1:
+        s = s[0]
+    if s.ndim != 2:
+        raise ValueError(f"{name} must be one map of shape (H, W) (or (1, H, W)) in image pixels, got shape {s.shape}")
+    if not np.isfinite(s).all():
+        raise ValueError(f"{name} holds NaN or inf values; compute the map again (shape {s.shape})")
+    return s
+
+
+def box_mask(boxes: ArrayLike, size: Tuple[int, int]) -> np.ndarray:
+    """Boolean ``(H, W)`` union of ``boxes`` ``(K, 4)`` xyxy pixel edges in an image of ``size = (H, W)``."""
+    h, w = int(size[0]), int(size[1])
+    b = _np(boxes).reshape(-1, 4) if len(_np(boxes)) else np.zeros((0, 4))
+    mask = np.zeros((h, w), dtype=bool)
+    for x0, y0, x1, y1 in b:
+        c0, r0 = max(int(math.floor(x0)), 0), max(int(math.floor(y0)), 0)
+        c1, r1 = min(int(math.ceil(x1)), w), min(int(math.ceil(y1)), h)
+        if c1 > c0 and r1 > r0:
+            mask[r0:r1, c0:c1] = True
+    return mask
+
+
+def peak(saliency: ArrayLike) -> Tuple[int, int]:
+    """``(u, v)`` = (column, row) of the map's maximum (the first one in row-major order on ties)."""
+    s = _check_map(saliency)
+    v, u = np.unravel_index(int(np.argmax(s)), s.shape)
+    return int(u), int(v)
+
+
+def pointing_hit(point: Tuple[int, int], mask: np.ndarray, tolerance: float = 15) -> bool:
+    """True when a pixel of ``mask`` lies strictly within ``tolerance`` pixels of ``point = (u, v)``."""
+    m = _np(mask).astype(bool)
+    if m.ndim != 2:
+        raise ValueError(f"mask must be (H, W), got shape {m.shape}")
+    rows, cols = np.nonzero(m)
+    if rows.size == 0:
+        return False
+    u, v = point
+    return bool((((cols - u) ** 2 + (rows - v) ** 2) < float(tolerance) ** 2).any())
+
+
+def energy_inside(saliency: ArrayLike, mask: np.ndarray) -> Tuple[float, float]:
+    """``(energy share, area share)``: the map's mass inside ``mask`` over its total mass, and the mask's
+    share of the image. The map must be non-negative (a CAM after ReLU, a sigmoid gate)."""
+    s = _check_map(saliency)
+    m = _np(mask).astype(bool)
+    if m.shape != s.shape:
+        raise ValueError(f"mask shape {m.shape} differs from the map's {s.shape}; upsample the map to the image first")
+    if (s < 0).any():
+        raise ValueError(f"energy_inside expects a non-negative map, got a minimum of {s.min():.4g}; "
+                         f"clip it (np.maximum(map, 0)) or shift it first")
+    total = s.sum()
+    area = float(m.mean())
+    if total <= 0:
+        return area, area  # a map with no mass says nothing: counted as uniform
+    return float(s[m].sum() / total), area
+
+
+def centre_map(size: Tuple[int, int]) -> np.ndarray:
+    """The trivial baseline: a map peaking at the image centre (a cone, so it also has an energy)."""
+    h, w = int(size[0]), int(size[1])
+    rows, cols = np.mgrid[0:h, 0:w]
+    d = np.hypot((rows - (h - 1) / 2) / h, (cols - (w - 1) / 2) / w)
+    return (d.max() - d) + 1e-12
+
+
+def is_difficult_pair(boxes: ArrayLike, labels: ArrayLike, label: int, size: Tuple[int, int]) -> bool:
+    """The pointing game's *difficult* subset: the class's boxes cover under a quarter of the image
+    and another class is present."""
+    lab = _np(labels).reshape(-1)
+    others = set(lab.tolist()) - {label}
+    if not others:
+        return False
+    area = box_mask(_np(boxes).reshape(-1, 4)[lab == label], size).mean()
+    return bool(area < 0.25)
+
+
+class PointingGame:
+    """Hits and misses per class; ``accuracy`` is the mean of the per-class accuracies over the
+    classes scored at least once (see the module docstring for TorchRay's all-class mean)."""
+
+    def __init__(self, num_classes: int, tolerance: float = 15) -> None:
+        if int(num_classes) < 1:
+            raise ValueError(f"num_classes must be at least 1, got {num_classes}")
+        self.num_classes = int(num_classes)
+        self.tolerance = float(tolerance)
+        self.hits = np.zeros(self.num_classes, dtype=np.int64)
+        self.misses = np.zeros(self.num_classes, dtype=np.int64)
+
+    def add(self, class_index: int, hit: bool) -> None:
+        if not 0 <= int(class_index) < self.num_classes:
+            raise ValueError(f"class_index must be in 0..{self.num_classes - 1}, got {class_index}")
+        if hit:
+            self.hits[class_index] += 1
+        else:
+            self.misses[class_index] += 1
+
+    def evaluate(self, saliency: ArrayLike, mask: np.ndarray, class_index: int) -> bool:
+        """Score one (image, class) pair and count it; returns the hit."""
+        hit = pointing_hit(peak(saliency), mask, self.tolerance)
+        self.add(class_index, hit)
+        return hit
+
+    @property
+    def scored(self) -> np.ndarray:
+        return (self.hits + self.misses) > 0
+
+    @property
+    def class_accuracies(self) -> np.ndarray:
+        """Per class, hits / (hits + misses); NaN for a class never scored."""
+        n = self.hits + self.misses
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return np.where(n > 0, self.hits / np.maximum(n, 1), np.nan)
+
+    @property
+    def accuracy(self) -> float:
+        acc = self.class_accuracies
+        return float(np.nanmean(acc)) if self.scored.any() else float("nan")
+
+    @property
+    def pairs(self) -> int:
+        return int((self.hits + self.misses).sum())
+
+
+def localisation_scores(items: Iterable[Tuple[Dict[int, ArrayLike], Dict[str, Any]]], num_classes: int,
+                        tolerance: float = 15) -> Dict[str, Any]:
+    """Pointing game (all and difficult) and energy share over a split.
+
+    ``items`` yields ``(maps, target)`` per image: ``maps`` maps a 0-based class index to that
+    class's saliency map ``(H, W)`` in the image's pixels (one map for every class present, or the
+    same map under every class for a class-agnostic attention map); ``target`` holds ``boxes``
+    ``(K, 4)`` xyxy, ``labels`` ``(K,)`` **1-based** (as the detection loaders give them) and
+    optionally ``difficult`` ``(K,)``.
+
+    Returns ``{"pointing": accuracy, "pointing_difficult": accuracy, "pointing_per_class",
+    "pairs", "pairs_difficult", "skipped_difficult", "energy": mean energy share,
+    "area": mean area share, "energy_over_area": mean of the per-pair ratio}``.
+    """
+    all_game = PointingGame(num_classes, tolerance)
+    hard_game = PointingGame(num_classes, tolerance)
+    energies: List[float] = []
+    areas: List[float] = []
+    skipped = 0
+    for maps, target in items:
+        boxes = _np(target["boxes"]).reshape(-1, 4)
+        labels = _np(target["labels"]).reshape(-1).astype(int)
+        difficult = _np(target.get("difficult", np.zeros(len(labels), dtype=bool))).reshape(-1).astype(bool)
+        for label in sorted(set(labels.tolist())):
+            cls = label - 1
+            if cls not in maps:
+                raise KeyError(f"no map for class index {cls} (label {label}) present in this image; "
+                               f"maps has {sorted(maps)}")
+            sel = labels == label
+            if difficult[sel].all():
+                skipped += 1
+                continue
+            s = _check_map(maps[cls], f"the map of class {cls}")
+            mask = box_mask(boxes[sel], s.shape)
+            hit = all_game.evaluate(s, mask, cls)
+            if is_difficult_pair(boxes, labels, label, s.shape):
+                hard_game.add(cls, hit)
+            e, a = energy_inside(s, mask)
+            energies.append(e)
+            areas.append(a)
+    ratio = [e / a for e, a in zip(energies, areas) if a > 0]
+    return {
+        "pointing": all_game.accuracy, "pointing_difficult": hard_game.accuracy,
+        "pointing_per_class": all_game.class_accuracies.tolist(),
+        "pairs": all_game.pairs, "pairs_difficult": hard_game.pairs, "skipped_difficult": skipped,
+        "energy": float(np.mean(energies)) if energies else float("nan"),
+        "area": float(np.mean(areas)) if areas else float("nan"),
+        "energy_over_area": float(np.mean(ratio)) if ratio else float("nan"),
+    }

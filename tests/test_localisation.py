@@ -1,0 +1,100 @@
+"""Localisation scores (pointing game, energy inside the boxes) on hand-worked maps and boxes."""
+
+import numpy as np
+import pytest
+import torch
+
+from sca_lib.localisation import (PointingGame, box_mask, centre_map, energy_inside, is_difficult_pair,
+                                  localisation_scores, peak, pointing_hit)
+
+
+def _torchray_hit(mask, point, tolerance=15):
+    """The benchmark's own rule, written out: an acceptance disc around the point meets the mask."""
+    v, u = torch.meshgrid((torch.arange(mask.shape[0], dtype=torch.float32) - point[1]) ** 2,
+                          (torch.arange(mask.shape[1], dtype=torch.float32) - point[0]) ** 2, indexing="ij")
+    return bool((torch.as_tensor(mask) & ((v + u) < tolerance ** 2)).any())
+
+
+def test_box_mask_covers_the_pixels_between_the_edges():
+    m = box_mask([[2, 1, 5, 3]], (5, 8))  # columns 2..4, rows 1..2
+    assert m.sum() == 6 and m[1:3, 2:5].all() and not m[0].any() and not m[:, 5:].any()
+    assert box_mask([[6, 3, 20, 20]], (5, 8)).sum() == 2 * 2  # clipped to the image
+    assert box_mask(np.zeros((0, 4)), (3, 3)).sum() == 0
+
+
+def test_pointing_hit_is_strictly_within_the_tolerance():
+    mask = np.zeros((40, 40), dtype=bool)
+    mask[10, 20] = True  # one pixel: column 20, row 10
+    assert not pointing_hit((5, 10), mask)       # 15 px away: not strictly within
+    assert pointing_hit((6, 10), mask)           # 14 px
+    assert not pointing_hit((9, 22), mask)       # sqrt(11^2 + 12^2) = 16.3
+    assert pointing_hit((10, 21), mask)          # sqrt(10^2 + 11^2) = 14.9
+    assert pointing_hit((20, 10), mask, tolerance=1)
+    assert not pointing_hit((20, 10), np.zeros((40, 40), dtype=bool))
+
+
+def test_pointing_hit_equals_the_benchmark_rule_on_random_cases():
+    rng = np.random.default_rng(0)
+    for _ in range(200):
+        h, w = rng.integers(20, 60, size=2)
+        x0, y0 = rng.integers(0, w - 2), rng.integers(0, h - 2)
+        mask = box_mask([[x0, y0, rng.integers(x0 + 1, w + 1), rng.integers(y0 + 1, h + 1)]], (h, w))
+        point = (int(rng.integers(0, w)), int(rng.integers(0, h)))
+        tol = int(rng.integers(1, 20))
+        assert pointing_hit(point, mask, tol) == _torchray_hit(mask, point, tol)
+
+
+def test_peak_and_the_centre_baseline():
+    s = np.zeros((7, 9))
+    s[2, 6] = 1.0
+    assert peak(s) == (6, 2) and peak(torch.tensor(s)[None]) == (6, 2)
+    assert peak(centre_map((7, 9))) == (4, 3)
+    assert peak(centre_map((8, 8))) in {(3, 3), (4, 3), (3, 4), (4, 4)}
+
+
+def test_energy_inside_hand_worked():
+    s = np.ones((4, 4))
+    mask = box_mask([[0, 0, 2, 2]], (4, 4))
+    s[mask] = 3.0
+    assert energy_inside(s, mask) == pytest.approx((12 / 24, 0.25))
+    assert energy_inside(np.ones((4, 4)), mask) == pytest.approx((0.25, 0.25))  # uniform: its area share
+    with pytest.raises(ValueError, match="non-negative"):
+        energy_inside(s - 2, mask)
+    with pytest.raises(ValueError, match="upsample the map"):
+        energy_inside(np.ones((2, 2)), mask)
+    with pytest.raises(ValueError, match=r"one map of shape \(H, W\)"):
+        energy_inside(np.ones((2, 4, 4)), mask)
+
+
+def test_pointing_game_averages_over_the_classes_scored():
+    g = PointingGame(3)
+    for hit in (True, True, False):
+        g.add(0, hit)
+    g.add(1, False)
+    assert g.class_accuracies[:2].tolist() == pytest.approx([2 / 3, 0.0]) and np.isnan(g.class_accuracies[2])
+    assert g.accuracy == pytest.approx(1 / 3) and g.pairs == 4
+    with pytest.raises(ValueError, match="class_index must be in 0..2"):
+        g.add(3, True)
+
+
+def test_difficult_pairs_need_a_small_class_and_a_distractor():
+    boxes = np.array([[0, 0, 10, 10], [0, 0, 40, 40]])
+    assert is_difficult_pair(boxes, [1, 2], 1, (40, 40))       # 100 / 1600 px and another class
+    assert not is_difficult_pair(boxes, [1, 2], 2, (40, 40))   # the whole image
+    assert not is_difficult_pair(boxes[:1], [1], 1, (40, 40))  # alone in its image
+
+
+def test_localisation_scores_hand_worked_split():
+    s1 = np.zeros((40, 40))
+    s1[5, 5] = 1.0  # peaks in class 1's box, 35 px from class 2's
+    t1 = {"boxes": torch.tensor([[0, 0, 10, 10], [30, 30, 40, 40]], dtype=torch.float32),
+          "labels": torch.tensor([1, 2]), "difficult": torch.tensor([False, False])}
+    t2 = {"boxes": torch.tensor([[0, 0, 20, 20]]), "labels": torch.tensor([1]), "difficult": torch.tensor([True])}
+    r = localisation_scores([({0: s1, 1: s1}, t1), ({0: s1}, t2)], num_classes=3)
+    assert r["pointing"] == pytest.approx(0.5) and r["pointing_per_class"][:2] == [1.0, 0.0]
+    assert r["pairs"] == 2 and r["skipped_difficult"] == 1  # the all-difficult image is not scored
+    assert r["pointing_difficult"] == pytest.approx(0.5) and r["pairs_difficult"] == 2
+    assert r["energy"] == pytest.approx(0.5) and r["area"] == pytest.approx(100 / 1600)
+    assert r["energy_over_area"] == pytest.approx(0.5 * 16)
+    with pytest.raises(KeyError, match="no map for class index 1"):
+        localisation_scores([({0: s1}, t1)], num_classes=3)
