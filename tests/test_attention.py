@@ -334,3 +334,34 @@ def test_a_float_input_of_another_dtype_is_named():
     with pytest.raises(TypeError, match="x.to\\(torch.float32\\)"):
         model(torch.randn(1, 3, 32, 32, dtype=torch.float64))
     assert attn.double()(torch.randn(2, 8, 4, 4, dtype=torch.float64)).dtype == torch.float64
+
+
+def test_attention_maps_in_image_pixels_put_the_peak_where_the_input_has_it():
+    from sca_lib import DualAttention, attention_maps, record_attention
+
+    att = DualAttention(4, reduction=2)
+    with torch.no_grad():  # spatial gate = sigmoid(sum of channels): it peaks where the input is bright
+        att.spatial.conv.weight.fill_(1.0)
+        att.spatial.conv.bias.zero_()
+    model = nn.Sequential(nn.Identity(), att).train()
+    x = torch.zeros(2, 4, 4, 5)
+    x[0, :, 0, 0] = 3.0   # image 0: top-left cell
+    x[1, :, 3, 4] = 3.0   # image 1: bottom-right cell
+    out = attention_maps(model, x, sizes=[(40, 50), (20, 30)])
+    assert model.training  # the mode is restored
+    m = out["1"]
+    assert m["grid"] == (4, 5) and m["channel"].shape == (2, 4)
+    s0, s1 = m["spatial"]
+    assert s0.shape == (40, 50) and s1.shape == (20, 30) and 0 <= float(s0.min()) <= float(s0.max()) <= 1
+    r, c = divmod(int(s0.argmax()), 50)
+    assert r < 10 and c < 10            # the top-left cell's share of a 40 x 50 image
+    r, c = divmod(int(s1.argmax()), 30)
+    assert r >= 15 and c >= 24          # the bottom-right cell's share of a 20 x 30 image
+    with record_attention(model) as rec:  # the same gate values, before upsampling
+        model.eval()(x)
+    ref = torch.nn.functional.interpolate(rec["1"]["spatial"][:1], size=(40, 50), mode="bilinear", align_corners=False)
+    torch.testing.assert_close(s0, ref[0, 0])
+    with pytest.raises(ValueError, match="one \\(height, width\\) per image"):
+        attention_maps(model, x, sizes=[(4, 5)])
+    with pytest.raises(ValueError, match="one \\(N, 3, H, W\\) tensor"):
+        attention_maps(model, [x[0]])
