@@ -68,6 +68,17 @@ def _grid_studies(grid: Optional[str]) -> Dict[str, List[str]]:
 _REFERENCE_KEYS = ("chance_mAP", "chance_mAP_sd", "chance_top1", "prior_mAP", "prior_top1")
 #: Table rows drawn from them, per metric: (setting label, column).
 _REFERENCE_ROWS = (("chance (random scores)", "chance_{metric}"), ("prior (image-blind)", "prior_{metric}"))
+#: A detector's reference lines (:func:`sca_lib.train_detection.detection_reference_lines`): random
+#: boxes of the training boxes' sizes, and the prior-box detector (each class's mean box, image-blind).
+_DETECTION_REFERENCE_ROWS = (("chance (random boxes)", "chance_{metric}"),
+                             ("prior-box detector (image-blind)", "prior_{metric}"))
+
+
+def _reference_value(v: float, digits: int) -> str:
+    """A reference line's value: the metric's decimals, or two significant digits below 1 (a
+    detector's chance mAP is hundredths of a point, which one decimal would print as 0.0)."""
+    return f"{v:.{digits}f}" if not np.isfinite(v) or abs(v) >= 1 or v == 0 else f"{v:.2g}"
+
 
 def _digits(metric: str) -> int:
     """Decimals a metric is printed with: percentages 1, a loss 3."""
@@ -106,6 +117,7 @@ def results_frame(rows: List[Dict[str, Any]]) -> pd.DataFrame:
         cfg = r["config"]
         base = {k: cfg.get(k) for k in CONFIG_COLUMNS}
         base["attention"] = _attention_label(base["attention"], cfg)
+        base["task"] = cfg.get("task") or "classification"
         top1 = r.get("top1")  # a detector has no top-1
         base.update(run_id=r["run_id"], grid=grid, mAP=100 * float(r["mAP"]),
                     top1=np.nan if top1 is None else 100 * float(top1),
@@ -183,14 +195,16 @@ def study_table(df: pd.DataFrame, study: str, metric: str = "mAP") -> pd.DataFra
                 "_p": paired_p_value(mine, ref) if ref and not is_ref else np.nan,
                 "_diffs": {k: mine[k] - ref[k] for k in mine if k in ref} if ref and not is_ref else {},
             })
-        for label, col in _REFERENCE_ROWS:  # chance and prior lines, when the runs recorded them
+        detection = "task" in grp and (grp["task"] == "detection").all()
+        for label, col in (_DETECTION_REFERENCE_ROWS if detection else _REFERENCE_ROWS):  # when the runs recorded them
             col = col.format(metric=metric)
             if col in grp and grp[col].notna().any():
                 v = grp[col].dropna()
                 sd = grp["chance_mAP_sd"].dropna().mean() if col == "chance_mAP" and "chance_mAP_sd" in grp else np.nan
                 out.append({"study": study, "backbone": backbone, "setting": label, "n seeds": "",
                             f"{metric} mean": float(v.mean()),
-                            f"{metric} 95% CI": f"sd {sd:.1f}" if np.isfinite(sd) else "", "vs": "", "diff": np.nan,
+                            f"{metric} 95% CI": f"sd {_reference_value(sd, 1)}" if np.isfinite(sd) else "",
+                            "vs": "", "diff": np.nan,
                             "diff 95% CI": "", "significant": "", "params (M)": np.nan, "wall s/run": np.nan,
                             "_ci": (np.nan, np.nan), "_dci": (np.nan, np.nan), "_p": np.nan, "_diffs": {}})
     table = pd.DataFrame(out)
@@ -204,7 +218,7 @@ _CORRECTED = ["family", "p", "p (Holm)", "diff CI (Bonferroni)"]
 
 def is_reference_row(setting: str) -> bool:
     """True for the chance and prior rows of a table (lines to compare with, not settings)."""
-    return any(setting == label for label, _ in _REFERENCE_ROWS)
+    return any(setting == label for label, _ in _REFERENCE_ROWS + _DETECTION_REFERENCE_ROWS)
 
 
 def correct(tables: Sequence[pd.DataFrame], primary: Sequence[Tuple[str, str]]) -> None:
@@ -280,7 +294,7 @@ def plot_forest(tables: Sequence[pd.DataFrame], metric: str = "mAP", title: str 
         if not len(t):
             continue
         for _, r in t.iterrows():
-            if r["setting"] == "chance (random scores)" and r[f"{metric} 95% CI"].startswith("sd "):
+            if r["setting"].startswith("chance (") and r[f"{metric} 95% CI"].startswith("sd "):
                 chance_sd.append(float(r[f"{metric} 95% CI"][3:]))
             if pd.isna(r["diff"]):
                 continue
@@ -312,7 +326,8 @@ def _md(table: pd.DataFrame, metric: str) -> str:
         cols = cols[:-1] + _CORRECTED + ["significant"]
     t = table[cols].copy()
     dg = _digits(metric)
-    t[f"{metric} mean"] = t[f"{metric} mean"].map(lambda v: f"{v:.{dg}f}")
+    ref = t["setting"].map(is_reference_row)
+    t[f"{metric} mean"] = [_reference_value(v, dg) if r else f"{v:.{dg}f}" for v, r in zip(t[f"{metric} mean"], ref)]
     t["diff"] = t["diff"].map(lambda v: "" if pd.isna(v) else f"{v:+.{dg}f}")
     header = "| " + " | ".join(cols) + " |\n|" + "---|" * len(cols) + "\n"
     return header + "".join("| " + " | ".join(str(v) for v in row) + " |\n" for row in t.itertuples(index=False))

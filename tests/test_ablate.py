@@ -300,7 +300,12 @@ def test_detection_grid_end_to_end(tmp_path):
     tables = report.write_report(tmp_path / "res", figures=True, quiet=True)
     assert set(tables) == {"variants/mAP"}
     t = tables["variants/mAP"].set_index("setting")
-    assert {"none", "dual", "fpn dual", "chance (random scores)", "prior (image-blind)"} <= set(t.index)
+    # a detector's reference lines are random boxes and the prior-box detector, printed to two digits
+    assert {"none", "dual", "fpn dual", "chance (random boxes)", "prior-box detector (image-blind)"} <= set(t.index)
+    assert "chance (random scores)" not in t.index
+    md = (tmp_path / "res" / "summary.md").read_text()
+    chance = t.loc["chance (random boxes)", "mAP mean"]
+    assert f"| chance (random boxes) |  | {report._reference_value(chance, 1)} |" in md
     assert t.loc["fpn dual", "vs"] == "none" and t.loc["fpn dual", "n seeds"] == 2
     assert t.loc["fpn dual", "family"] == "secondary" and t.loc["fpn dual", "p (Holm)"] != ""  # no primaries: one family
     assert (tmp_path / "res" / "fig_forest.png").exists()

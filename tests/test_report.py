@@ -188,3 +188,9 @@ def test_a_grid_without_primaries_is_still_holm_corrected(tmp_path):
     p, adj = float(t.loc["dual", "p"]), float(t.loc["dual", "p (Holm)"])
     assert p < 0.05 <= adj and t.loc["dual", "significant"] == "no" and t.loc["dual", "family"] == "secondary"
     assert "No primary comparisons declared" in (tmp_path / "summary.md").read_text()
+
+
+def test_reference_values_keep_two_significant_digits_below_one():
+    assert report._reference_value(0.01234, 1) == "0.012" and report._reference_value(43.04, 1) == "43.0"
+    assert report._reference_value(0.0, 1) == "0.0" and report.is_reference_row("chance (random boxes)")
+    assert report.is_reference_row("prior-box detector (image-blind)") and not report.is_reference_row("fpn dual")
