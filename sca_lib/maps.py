@@ -8,12 +8,16 @@ and spatial map by module name. Outside the block nothing is stored.
 upsampled to the images' pixels (bilinear, each cell of the map covering its share of the image, as
 the classifiers' squash-resize maps the whole image onto the input), ready for an overlay with the
 ground-truth boxes or for :mod:`sca_lib.localisation`.
+
+:func:`gradcam_maps` puts Grad-CAM beside them: the ``grad-cam`` package's (pytorch-grad-cam)
+``GradCAM``, one map per positive class of each image (multi-label targets), in the same pixels,
+for any classifier with or without attention.
 """
 
 from __future__ import annotations
 
 import contextlib
-from typing import Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn.functional as F
@@ -21,7 +25,7 @@ from torch import nn
 
 from .attention import DualAttention
 
-__all__ = ["record_attention", "attention_maps"]
+__all__ = ["record_attention", "attention_maps", "gradcam_maps", "default_cam_layer"]
 
 
 @contextlib.contextmanager
@@ -105,4 +109,72 @@ def attention_maps(model: nn.Module, images: torch.Tensor,
                                      align_corners=False)[0, 0] for i, (h, w) in enumerate(sizes)]
         out[name] = {"spatial": resized, "channel": maps.get("channel") if maps else None,
                      "grid": None if spatial is None else tuple(spatial.shape[-2:])}
+    return out
+
+
+def default_cam_layer(model: nn.Module) -> nn.Module:
+    """The layer Grad-CAM reads by default: the last block of the convolutional trunk (``layer4[-1]``
+    of a ResNet, ``features[-1]`` of a VGG or MobileNetV3), after any attention placed there."""
+    if hasattr(model, "layer4"):
+        return model.layer4[-1]
+    if hasattr(model, "features"):
+        return model.features[-1]
+    raise ValueError(f"no default Grad-CAM layer for {type(model).__name__} (it has neither layer4 nor features); "
+                     f"pass target_layer=<the last convolutional block>")
+
+
+def gradcam_maps(model: nn.Module, images: torch.Tensor, labels: Union[torch.Tensor, Sequence[Sequence[int]]],
+                 target_layer: Optional[nn.Module] = None,
+                 sizes: Optional[Sequence[Tuple[int, int]]] = None) -> List[Dict[int, torch.Tensor]]:
+    """Grad-CAM (the ``grad-cam`` package) for every positive class of each image of a multi-label batch.
+
+    Args:
+        model: a classifier returning ``(N, C)`` logits (run in eval mode here, mode restored).
+        images: ``(N, 3, H, W)`` as the model takes them.
+        labels: ``(N, C)`` targets (1 = present; 0 or the ignore values absent) or, per image, the
+            list of its class indices.
+        target_layer: the layer whose activations and gradients make the map (default
+            :func:`default_cam_layer`).
+        sizes: each image's original ``(height, width)`` (default: the input's ``(H, W)``).
+
+    Returns:
+        per image, ``{class index: (h_i, w_i) map}``: ReLU of the gradient-weighted activations,
+        scaled to [0, 1] per map by the package, upsampled to the image.
+    """
+    try:
+        from pytorch_grad_cam import GradCAM
+        from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+    except ImportError as e:  # pragma: no cover - a dev dependency
+        raise ImportError("gradcam_maps needs the grad-cam package: pip install grad-cam") from e
+    if not isinstance(images, torch.Tensor) or images.dim() != 4:
+        raise ValueError(f"images must be one (N, 3, H, W) tensor, got "
+                         f"{tuple(images.shape) if isinstance(images, torch.Tensor) else type(images).__name__}")
+    n = images.shape[0]
+    if isinstance(labels, torch.Tensor):
+        if labels.dim() != 2 or labels.shape[0] != n:
+            raise ValueError(f"labels must be (N, C) = ({n}, C) targets or one list of class indices per image, "
+                             f"got shape {tuple(labels.shape)}")
+        present = [[int(c) for c in torch.nonzero(labels[i] == 1).flatten()] for i in range(n)]
+    else:
+        present = [[int(c) for c in cls] for cls in labels]
+        if len(present) != n:
+            raise ValueError(f"labels must give one list of class indices per image: {n} images, {len(present)} lists")
+    sizes = [tuple(images.shape[-2:])] * n if sizes is None else list(sizes)
+    if len(sizes) != n:
+        raise ValueError(f"sizes must give one (height, width) per image: {n} images, {len(sizes)} sizes")
+    layer = target_layer if target_layer is not None else default_cam_layer(model)
+    out: List[Dict[int, torch.Tensor]] = [dict() for _ in range(n)]
+    was_training = model.training
+    model.eval()
+    try:
+        with GradCAM(model=model, target_layers=[layer]) as cam:
+            for c in sorted({c for cls in present for c in cls}):
+                idx = [i for i in range(n) if c in present[i]]
+                maps = cam(input_tensor=images[idx], targets=[ClassifierOutputTarget(c)] * len(idx))
+                for j, i in enumerate(idx):
+                    m = torch.from_numpy(maps[j]).float()[None, None]
+                    out[i][c] = F.interpolate(m, size=tuple(int(v) for v in sizes[i]), mode="bilinear",
+                                              align_corners=False)[0, 0]
+    finally:
+        model.train(was_training)
     return out

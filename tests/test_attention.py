@@ -365,3 +365,38 @@ def test_attention_maps_in_image_pixels_put_the_peak_where_the_input_has_it():
         attention_maps(model, x, sizes=[(4, 5)])
     with pytest.raises(ValueError, match="one \\(N, 3, H, W\\) tensor"):
         attention_maps(model, [x[0]])
+
+
+def test_gradcam_maps_give_one_map_per_positive_class_where_that_class_is():
+    """Two classes, each read from its own channel: Grad-CAM (the grad-cam package) of class k must
+    peak where channel k is bright, for each positive label of a multi-label image."""
+    from sca_lib import gradcam_maps
+
+    class TwoClass(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.features = nn.Sequential(nn.Conv2d(2, 2, 1), nn.ReLU())
+            self.fc = nn.Linear(2, 2)
+            with torch.no_grad():
+                self.features[0].weight.copy_(torch.eye(2)[:, :, None, None])
+                self.features[0].bias.zero_()
+                self.fc.weight.copy_(torch.eye(2))
+                self.fc.bias.zero_()
+
+        def forward(self, x):
+            return self.fc(self.features(x).mean((2, 3)))
+
+    x = torch.zeros(2, 2, 8, 8)
+    x[:, 0, 0:2, 0:2] = 1.0   # class 0 lives top-left
+    x[:, 1, 6:8, 6:8] = 1.0   # class 1 lives bottom-right
+    model = TwoClass()
+    maps = gradcam_maps(model, x, torch.tensor([[1, 1], [0, 1]]), sizes=[(16, 16), (8, 12)])
+    assert set(maps[0]) == {0, 1} and set(maps[1]) == {1}   # one map per positive class only
+    r, c = divmod(int(maps[0][0].argmax()), 16)
+    assert r < 4 and c < 4                                  # class 0: top-left quarter of 16 x 16
+    r, c = divmod(int(maps[0][1].argmax()), 16)
+    assert r >= 12 and c >= 12                              # class 1: bottom-right
+    assert maps[1][1].shape == (8, 12) and float(maps[1][1].max()) == pytest.approx(1.0, abs=0.05)
+    assert gradcam_maps(model, x, [[0], []])[1] == {}       # class lists work too; no positive, no map
+    with pytest.raises(ValueError, match="labels must be"):
+        gradcam_maps(model, x, torch.ones(3, 2))
