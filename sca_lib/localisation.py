@@ -29,13 +29,17 @@ and rows ``y0 .. y1 - 1``, the mask TorchRay draws from the same XML.
 from __future__ import annotations
 
 import math
-from typing import Any, Dict, Iterable, List, Tuple
+from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
 
 __all__ = ["box_mask", "peak", "pointing_hit", "energy_inside", "centre_map", "is_difficult_pair",
-           "PointingGame", "localisation_scores"]
+           "PointingGame", "localisation_scores", "METHODS", "evaluate_classifier"]
+
+#: What :func:`evaluate_classifier` can score: the attention module's spatial map (class-agnostic:
+#: the same map for every class of an image), Grad-CAM (one map per positive class), the centre.
+METHODS = ("attention", "gradcam", "centre")
 
 ArrayLike = Any  # numpy array or torch tensor
 
@@ -221,3 +225,70 @@ def localisation_scores(items: Iterable[Tuple[Dict[int, ArrayLike], Dict[str, An
         "area": float(np.mean(areas)) if areas else float("nan"),
         "energy_over_area": float(np.mean(ratio)) if ratio else float("nan"),
     }
+
+
+def evaluate_classifier(model: torch.nn.Module, dataset: Any, image_size: int,
+                        methods: Sequence[str] = METHODS, module: Optional[str] = None,
+                        limit: Optional[int] = None, batch_size: int = 16, tolerance: float = 15,
+                        progress: bool = False) -> Dict[str, Dict[str, Any]]:
+    """Localisation scores of a trained classifier's maps over a VOC-format split.
+
+    Args:
+        model: a classifier (:func:`sca_lib.build_classifier`); ``"attention"`` needs an attention
+            module in it.
+        dataset: a :class:`sca_lib.data.VOCDetection` with its default transforms (images at their
+            own size, boxes, labels, ``difficult``).
+        image_size: the classifier's input size; each image is squashed to it and normalised as in
+            training (``classification_transforms(image_size, normalize=True)``), its maps upsampled back.
+        methods: any of :data:`METHODS`.
+        module: which attention module's map (a name from :func:`sca_lib.attention_maps`); default
+            the only one, an error when there are several.
+        limit: score the first ``limit`` images.
+
+    Returns ``{method: localisation_scores(...)}``.
+    """
+    from torchvision.transforms import v2
+
+    from .data.transforms import IMAGENET_MEAN, IMAGENET_STD
+    from .maps import attention_maps, gradcam_maps
+
+    unknown = [m for m in methods if m not in METHODS]
+    if unknown:
+        raise ValueError(f"unknown localisation methods {unknown}; expected from {', '.join(METHODS)}")
+    classes = getattr(dataset, "classes", None)
+    num_classes = len(classes) if classes else 20
+    prep = v2.Compose([v2.Resize((image_size, image_size), antialias=True),
+                       v2.Normalize(mean=list(IMAGENET_MEAN), std=list(IMAGENET_STD))])
+    n = len(dataset) if limit is None else min(int(limit), len(dataset))
+    items: Dict[str, List[Tuple[Dict[int, ArrayLike], Dict[str, Any]]]] = {m: [] for m in methods}
+    batches = range(0, n, batch_size)
+    if progress:
+        from tqdm.auto import tqdm
+
+        batches = tqdm(batches, desc="localisation", unit="batch")
+    for start in batches:
+        samples = [dataset[i] for i in range(start, min(start + batch_size, n))]
+        sizes = [tuple(img.shape[-2:]) for img, _ in samples]
+        x = torch.stack([prep(img) for img, _ in samples])
+        targets = [{k: t[k] for k in ("boxes", "labels", "difficult")} for _, t in samples]
+        present = [sorted({int(v) - 1 for v in t["labels"]}) for t in targets]
+        if "attention" in methods:
+            maps = attention_maps(model, x, sizes)
+            names = [k for k, v in maps.items() if v["spatial"] is not None]
+            if module is None and len(names) != 1:
+                raise ValueError(f"the model has {len(names)} attention modules with a spatial map ({names}); "
+                                 f"pass module=<one of them>")
+            name = module if module is not None else names[0]
+            if name not in names:
+                raise ValueError(f"module {name!r} has no spatial map; modules with one: {names}")
+            for i, t in enumerate(targets):
+                items["attention"].append(({c: maps[name]["spatial"][i] for c in present[i]}, t))
+        if "gradcam" in methods:
+            cams = gradcam_maps(model, x, present, sizes=sizes)
+            for i, t in enumerate(targets):
+                items["gradcam"].append((cams[i], t))
+        if "centre" in methods:
+            for i, t in enumerate(targets):
+                centre = centre_map(sizes[i])
+                items["centre"].append(({c: centre for c in present[i]}, t))
+    return {m: localisation_scores(items[m], num_classes, tolerance) for m in methods}

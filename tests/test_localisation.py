@@ -1,5 +1,7 @@
 """Localisation scores (pointing game, energy inside the boxes) on hand-worked maps and boxes."""
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -98,3 +100,33 @@ def test_localisation_scores_hand_worked_split():
     assert r["energy_over_area"] == pytest.approx(0.5 * 16)
     with pytest.raises(KeyError, match="no map for class index 1"):
         localisation_scores([({0: s1}, t1)], num_classes=3)
+
+
+def test_evaluate_classifier_scores_every_method_on_the_same_pairs(tmp_path):
+    from sca_lib import build_classifier
+    from sca_lib.data import VOCDetection
+    from sca_lib.localisation import centre_map, evaluate_classifier
+    from sca_lib.standin import synthetic_devkit
+
+    root = synthetic_devkit("target", "fast", tmp_path)
+    val = VOCDetection(root, split="val")
+    torch.manual_seed(0)
+    model = build_classifier("mobilenet_v3_small", attention="dual", num_classes=20, weights=None)
+    r = evaluate_classifier(model, val, image_size=64, limit=6, batch_size=4)
+    assert set(r) == {"attention", "gradcam", "centre"}
+    assert r["attention"]["pairs"] == r["gradcam"]["pairs"] == r["centre"]["pairs"] > 0
+    for scores in r.values():
+        assert 0.0 <= scores["pointing"] <= 1.0 and 0.0 <= scores["energy"] <= 1.0
+    # the centre baseline is exactly the scores of centre maps on the same images
+    items = []
+    for i in range(6):
+        img, t = val[i]
+        centre = centre_map(tuple(img.shape[-2:]))
+        items.append(({int(c) - 1: centre for c in t["labels"]}, t))
+    expected = localisation_scores(items, num_classes=20)
+    assert json.dumps(r["centre"]) == json.dumps(expected)  # NaN for the classes never scored, on both sides
+    with pytest.raises(ValueError, match="unknown localisation methods"):
+        evaluate_classifier(model, val, image_size=64, methods=("cam",))
+    with pytest.raises(ValueError, match="no DualAttention"):
+        evaluate_classifier(build_classifier("mobilenet_v3_small", attention=None, num_classes=20, weights=None),
+                            val, image_size=64, limit=2, methods=("attention",))
