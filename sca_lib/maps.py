@@ -25,7 +25,8 @@ from torch import nn
 
 from .attention import DualAttention
 
-__all__ = ["record_attention", "attention_maps", "gradcam_maps", "default_cam_layer"]
+__all__ = ["record_attention", "attention_maps", "gradcam_maps", "default_cam_layer", "plot_overlays",
+           "channel_profiles"]
 
 
 @contextlib.contextmanager
@@ -178,3 +179,74 @@ def gradcam_maps(model: nn.Module, images: torch.Tensor, labels: Union[torch.Ten
     finally:
         model.train(was_training)
     return out
+
+
+def plot_overlays(image: torch.Tensor, maps: Dict[str, torch.Tensor], target: Optional[Dict[str, torch.Tensor]] = None,
+                  classes: Optional[Sequence[str]] = None, title: str = "", alpha: float = 0.5):
+    """One row of panels: the image, then each map over it, with the ground-truth boxes.
+
+    ``image`` ``(3, H, W)`` in [0, 1]; ``maps`` title -> ``(H, W)`` map in the image's pixels
+    (e.g. from :func:`attention_maps` or :func:`gradcam_maps`); ``target`` (optional) holds
+    ``boxes`` ``(K, 4)`` xyxy, ``labels`` 1-based and ``difficult``: solid boxes, dashed when
+    ``difficult``, named after ``classes``. Each map keeps its own colour scale (shown by a colour
+    bar): a gate's values and a CAM's are not on one scale. Returns the figure.
+    """
+    import matplotlib.pyplot as plt
+    from matplotlib.patches import Rectangle
+
+    if image.dim() != 3 or image.shape[0] != 3:
+        raise ValueError(f"image must be (3, H, W) in [0, 1], got shape {tuple(image.shape)}")
+    h, w = image.shape[-2:]
+    for name, m in maps.items():
+        if tuple(m.shape) != (h, w):
+            raise ValueError(f"map {name!r} has shape {tuple(m.shape)}, the image is {(h, w)}: "
+                             f"upsample it to the image first (attention_maps / gradcam_maps do)")
+    n = 1 + len(maps)
+    fig, axes = plt.subplots(1, n, figsize=(2.8 * n, 2.9), squeeze=False)
+    rgb = image.permute(1, 2, 0).clamp(0, 1).cpu().numpy()
+    for k, ax in enumerate(axes[0]):
+        ax.imshow(rgb)
+        if k == 0:
+            ax.set_title("image" + (" + boxes" if target is not None else ""), fontsize=9)
+        else:
+            name, m = list(maps.items())[k - 1]
+            im = ax.imshow(m.detach().cpu().numpy(), cmap="jet", alpha=alpha)
+            fig.colorbar(im, ax=ax, fraction=0.046, pad=0.02)
+            ax.set_title(name, fontsize=9)
+        if target is not None:
+            difficult = target.get("difficult", torch.zeros(len(target["labels"]), dtype=torch.bool))
+            for box, label, hard in zip(target["boxes"].tolist(), target["labels"].tolist(), difficult.tolist()):
+                x0, y0, x1, y1 = box
+                ax.add_patch(Rectangle((x0 - 0.5, y0 - 0.5), x1 - x0, y1 - y0, fill=False, lw=1.5,
+                                       ls="--" if hard else "-", ec="white"))
+                if k == 0 and classes is not None:
+                    ax.text(x0, y0 - 1, classes[int(label) - 1] + (" (difficult)" if hard else ""),
+                            fontsize=7, color="white", va="bottom", bbox=dict(fc="black", alpha=0.5, pad=1, lw=0))
+        ax.set_axis_off()
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def channel_profiles(channel_weights: torch.Tensor, labels: torch.Tensor,
+                     classes: Optional[Sequence[str]] = None):
+    """Which channels each class turns up: the mean channel weight over the images of each class.
+
+    ``channel_weights`` ``(N, C)`` (an attention module's ``"channel"`` from :func:`attention_maps`),
+    ``labels`` ``(N, K)`` multi-label targets (1 = present). Returns a DataFrame, one row a class
+    and one column a channel, each row minus the mean over all images (so a value says how much
+    more, or less, that class turns the channel up than the average image); classes with no image
+    are left out. ``seaborn.heatmap(channel_profiles(...), center=0)`` draws it.
+    """
+    import pandas as pd
+
+    w = channel_weights.detach().float().cpu()
+    y = labels.detach().cpu()
+    if w.dim() != 2 or y.dim() != 2 or w.shape[0] != y.shape[0]:
+        raise ValueError(f"channel_weights must be (N, C) and labels (N, K) for the same N images, got "
+                         f"{tuple(w.shape)} and {tuple(y.shape)}")
+    names = list(classes) if classes is not None else [str(k) for k in range(y.shape[1])]
+    mean = w.mean(0)
+    rows = {names[k]: (w[y[:, k] == 1].mean(0) - mean).numpy() for k in range(y.shape[1]) if (y[:, k] == 1).any()}
+    return pd.DataFrame.from_dict(rows, orient="index", columns=[f"c{j}" for j in range(w.shape[1])])

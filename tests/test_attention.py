@@ -400,3 +400,40 @@ def test_gradcam_maps_give_one_map_per_positive_class_where_that_class_is():
     assert gradcam_maps(model, x, [[0], []])[1] == {}       # class lists work too; no positive, no map
     with pytest.raises(ValueError, match="labels must be"):
         gradcam_maps(model, x, torch.ones(3, 2))
+
+
+def test_plot_overlays_draws_every_box_on_every_panel_and_marks_difficult_ones():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib.patches import Rectangle
+
+    from sca_lib.maps import plot_overlays
+
+    image = torch.rand(3, 20, 30)
+    target = {"boxes": torch.tensor([[1.0, 2.0, 10.0, 12.0], [15.0, 5.0, 25.0, 18.0]]), "labels": torch.tensor([1, 3]),
+              "difficult": torch.tensor([False, True])}
+    fig = plot_overlays(image, {"attention": torch.rand(20, 30), "Grad-CAM": torch.rand(20, 30)}, target,
+                        classes=["a", "b", "c"])
+    panels = [ax for ax in fig.axes if ax.get_title()]
+    assert [ax.get_title() for ax in panels] == ["image + boxes", "attention", "Grad-CAM"]
+    for ax in panels:
+        rects = [p for p in ax.patches if isinstance(p, Rectangle)]
+        assert len(rects) == 2 and [r.get_linestyle() for r in rects] == ["-", "--"]
+    assert [t.get_text() for t in panels[0].texts] == ["a", "c (difficult)"]
+    with pytest.raises(ValueError, match="upsample it to the image first"):
+        plot_overlays(image, {"small": torch.rand(4, 6)})
+
+
+def test_channel_profiles_subtract_the_mean_image_per_class():
+    from sca_lib.maps import channel_profiles
+
+    w = torch.tensor([[1.0, 0.0], [0.0, 1.0], [0.5, 0.5]])
+    y = torch.tensor([[1, 0, 0], [0, 1, 0], [1, 1, 0]])
+    t = channel_profiles(w, y, classes=["x", "y", "z"])
+    assert list(t.index) == ["x", "y"]  # z has no image
+    mean = w.mean(0)
+    assert t.loc["x"].tolist() == pytest.approx((w[[0, 2]].mean(0) - mean).tolist())
+    assert t.loc["y"].tolist() == pytest.approx((w[[1, 2]].mean(0) - mean).tolist())
+    with pytest.raises(ValueError, match="same N images"):
+        channel_profiles(w, y[:2])
