@@ -26,7 +26,7 @@ from .attention import (
     is_attention,
     list_attentions,
 )
-from .maps import attention_maps, gradcam_maps, record_attention
+from .maps import attention_maps, detector_attention_maps, gradcam_maps, record_attention
 from .spec import AttentionSpec
 
 # backbones and what they cost
@@ -95,7 +95,7 @@ __all__ = [
     "MODES", "get_mode", "default_device", "output_root", "data_dir",
     "ATTENTION_TYPES", "PATHS", "STRENGTHS", "AttnResBlock", "ChannelAttention", "DualAttention",
     "LiteDualAttention", "SpatialAttention", "attention_modules", "create_attention", "default_reduction",
-    "init_attention_", "is_attention", "list_attentions", "record_attention", "attention_maps", "gradcam_maps", "AttentionSpec",
+    "init_attention_", "is_attention", "list_attentions", "record_attention", "attention_maps", "detector_attention_maps", "gradcam_maps", "AttentionSpec",
     "build_classifier", "default_placement", "list_backbones", "list_placements", "GROUPS", "parameter_groups",
     "set_trainable", "FPNAttention", "build_detector", "list_detector_backbones", "attention_cost", "compare_costs", "compare_latency", "cost_table", "count_flops",
     "count_parameters", "measure_latency",

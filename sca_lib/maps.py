@@ -26,11 +26,11 @@ from torch import nn
 from .attention import DualAttention
 
 __all__ = ["record_attention", "attention_maps", "gradcam_maps", "default_cam_layer", "plot_overlays",
-           "channel_profiles"]
+           "channel_profiles", "detector_attention_maps"]
 
 
 @contextlib.contextmanager
-def record_attention(model: nn.Module) -> Iterator[Dict[str, Dict[str, Optional[torch.Tensor]]]]:
+def record_attention(model: nn.Module, every_call: bool = False) -> Iterator[Dict[str, object]]:
     """Record the attention maps of every :class:`DualAttention` in ``model`` during forwards.
 
     Usage::
@@ -41,7 +41,9 @@ def record_attention(model: nn.Module) -> Iterator[Dict[str, Dict[str, Optional[
         maps["features.30"]["channel"]   # (N, C)
 
     The dict maps each module's name (``""`` when ``model`` itself is the attention module) to its
-    last maps. Recording is switched off again on exit; outside the block nothing is stored.
+    last maps; with ``every_call=True``, to the list of the maps of every call in order (a module
+    run several times per forward: C13's shared module, once per pyramid level). Recording is
+    switched off again on exit; outside the block nothing is stored.
     """
     mods = {n: m for n, m in model.named_modules() if isinstance(m, DualAttention)}
     if not mods:
@@ -49,14 +51,17 @@ def record_attention(model: nn.Module) -> Iterator[Dict[str, Dict[str, Optional[
             f"record_attention found no DualAttention module in {type(model).__name__}; "
             f"build the model with an attention (e.g. build_classifier(..., attention='dual'))"
         )
-    maps: Dict[str, Dict[str, Optional[torch.Tensor]]] = {}
+    maps: Dict[str, object] = {}
     handles = []
     previous = {n: m.record_maps for n, m in mods.items()}
     for n, m in mods.items():
         m.record_maps = True
 
         def hook(mod, _inp, _out, _name=n):
-            maps[_name] = mod.last_maps
+            if every_call:
+                maps.setdefault(_name, []).append(mod.last_maps)  # type: ignore[union-attr]
+            else:
+                maps[_name] = mod.last_maps
 
         handles.append(m.register_forward_hook(hook))
     try:
@@ -110,6 +115,62 @@ def attention_maps(model: nn.Module, images: torch.Tensor,
                                      align_corners=False)[0, 0] for i, (h, w) in enumerate(sizes)]
         out[name] = {"spatial": resized, "channel": maps.get("channel") if maps else None,
                      "grid": None if spatial is None else tuple(spatial.shape[-2:])}
+    return out
+
+
+@torch.no_grad()
+def detector_attention_maps(model: nn.Module, images: Sequence[torch.Tensor]) -> Dict[str, Dict[str, object]]:
+    """Every attention module's maps in a torchvision detector, the spatial ones in image pixels.
+
+    The detector's transform resizes each image and pads the batch to a common size; each map is
+    upsampled to the padded batch, cropped to the image's resized area (the padding is no part of
+    the image) and resized to the original image. ``images``: a list of ``(3, H_i, W_i)`` in
+    [0, 1], as the detector takes them.
+
+    Returns ``{name: {"spatial": list of (H_i, W_i) or None, "channel": (N, C) or None, "grid": (h, w)}}``;
+    C13's shared module runs once per pyramid level and gets one entry per level,
+    ``"<name>[<level>]"`` with torchvision's level names (``"0"`` the finest).
+    """
+    from .detection import FPNAttention
+
+    if isinstance(images, torch.Tensor) or not len(images) or any(
+            not isinstance(im, torch.Tensor) or im.dim() != 3 for im in images):
+        raise ValueError("images must be a non-empty list of (3, H, W) tensors, as torchvision's detectors take them")
+    if not hasattr(model, "transform"):
+        raise ValueError(f"{type(model).__name__} has no .transform: detector_attention_maps reads torchvision "
+                         f"detectors (build_detector); use attention_maps for a classifier")
+    seen: Dict[str, object] = {}
+
+    def grab(_mod, _inp, out):
+        seen["batch"] = out[0]  # ImageList: padded tensors and each image's resized size
+
+    levels = {f"{n}.attn": tuple(reversed(m.levels)) for n, m in model.named_modules()
+              if isinstance(m, FPNAttention) and m.shared}
+    was_training = model.training
+    model.eval()
+    handle = model.transform.register_forward_hook(grab)
+    try:
+        with record_attention(model, every_call=True) as recorded:
+            model(list(images))
+    finally:
+        handle.remove()
+        model.train(was_training)
+    batch = seen["batch"]
+    hp, wp = batch.tensors.shape[-2:]
+    out: Dict[str, Dict[str, object]] = {}
+    for name, calls in recorded.items():
+        labels = levels.get(name)
+        for k, maps in enumerate(calls):
+            key = name if len(calls) == 1 else f"{name}[{labels[k] if labels and k < len(labels) else f'call {k}'}]"
+            spatial = maps.get("spatial") if maps else None
+            resized = None
+            if spatial is not None:
+                full = F.interpolate(spatial.float(), size=(hp, wp), mode="bilinear", align_corners=False)
+                resized = [F.interpolate(full[i:i + 1, :, :h, :w], size=tuple(im.shape[-2:]), mode="bilinear",
+                                         align_corners=False)[0, 0]
+                           for i, ((h, w), im) in enumerate(zip(batch.image_sizes, images))]
+            out[key] = {"spatial": resized, "channel": maps.get("channel") if maps else None,
+                        "grid": None if spatial is None else tuple(spatial.shape[-2:])}
     return out
 
 

@@ -176,3 +176,38 @@ def test_bad_arguments_say_what_to_do():
         build_detector("resnet18", reduction=4)
     with pytest.raises(ValueError, match="one size per pyramid level"):
         build_detector("resnet18", anchor_sizes=(16, 32))
+
+
+def test_detector_attention_maps_crop_the_padding_and_name_every_pyramid_level():
+    from sca_lib.attention import DualAttention
+    from sca_lib.maps import detector_attention_maps
+
+    torch.manual_seed(0)
+    det = build_detector("mobilenet_v3_small", attention="dual", fpn_attention="dual", min_size=64, max_size=96)
+    images = [torch.rand(3, 40, 80), torch.rand(3, 60, 40)]  # resized to 48 x 96 and 96 x 64, padded to 96 x 96
+
+    def ramp(axis):  # a spatial gate that is the cell's position along one axis of the padded batch, 0 -> 1
+        def weights(x):
+            n, _, h, w = x.shape
+            r = torch.linspace(0, 1, w if axis == "x" else h)
+            r = r.view(1, 1, 1, w) if axis == "x" else r.view(1, 1, h, 1)
+            return r.expand(n, 1, h, w)
+        return weights
+
+    for axis in ("x", "y"):
+        for m in det.modules():
+            if isinstance(m, DualAttention):
+                m.spatial.weights = ramp(axis)
+        maps = detector_attention_maps(det, images)
+        assert set(maps) == {"backbone.body.12.1", "backbone.fpn_attention.attn[0]",
+                             "backbone.fpn_attention.attn[1]", "backbone.fpn_attention.attn[pool]"}
+        for name, m in maps.items():
+            a, b = m["spatial"]
+            assert a.shape == (40, 80) and b.shape == (60, 40), name
+            if axis == "x":  # the tall image was padded on the right: its right edge sits at 64/96 of the batch
+                assert float(a[:, -1].mean()) > 0.85 and abs(float(b[:, -1].mean()) - 64 / 96) < 0.2, name
+            else:            # the wide image was padded below: its bottom edge sits at 48/96
+                assert float(b[-1].mean()) > 0.85 and abs(float(a[-1].mean()) - 48 / 96) < 0.2, name
+    assert maps["backbone.fpn_attention.attn[0]"]["grid"][0] > maps["backbone.fpn_attention.attn[pool]"]["grid"][0]
+    with pytest.raises(ValueError, match="list of \\(3, H, W\\) tensors"):
+        detector_attention_maps(det, torch.rand(2, 3, 40, 40))
