@@ -2,7 +2,7 @@
 
     OMP_NUM_THREADS=1 python benchmarks/calibrate_detection.py                          # the protocol itself
     OMP_NUM_THREADS=1 python benchmarks/calibrate_detection.py --min-size 128 --max-size 160
-    OMP_NUM_THREADS=1 python benchmarks/calibrate_detection.py --schedule single --lr 0.02 --epochs 3
+    OMP_NUM_THREADS=1 python benchmarks/calibrate_detection.py --schedule single --lr 0.02 --epochs 3 --min-size 128 --max-size 160
 
 Every run is the plain detector (no attention) of the cpu mode (MobileNetV3-Small FPN trunk from
 the cpu stand-in, :data:`sca_lib.studies.DETECTION_CPU_PROTOCOL`) with the options given on top:
