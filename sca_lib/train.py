@@ -557,6 +557,18 @@ def train_from_config(config: Dict[str, Any], out_dir: Union[str, Path]) -> Dict
 # command line
 # ------------------------------------------------------------------------------------------------
 
+class _TaskDefault:
+    """``--attention``'s default when not given (``--attention none`` is a plain model, so None cannot mean "not given")."""
+
+    def __repr__(self) -> str:
+        return "dual for a classifier, none for a detector"
+
+    __str__ = __repr__
+
+
+_TASK_DEFAULT = _TaskDefault()
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m sca_lib.train", description="Train one classifier with the "
                                 "staged recipe (C6-C9). Rerun the same command to resume.")
@@ -568,7 +580,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--detector-weights", default=None, help="detection: a whole plain detector's weights "
                    "(DEFAULT = torchvision's COCO weights, or a state_dict file)")
     p.add_argument("--backbone", default=None, help="default: the mode's (mobilenet_v3_small; resnet50 for full)")
-    AttentionSpec.add_arguments(p, kind_default=None)  # dual for a classifier, none for a detector (below)
+    AttentionSpec.add_arguments(p, kind_default=_TASK_DEFAULT)  # dual for a classifier, none for a detector (below)
     p.add_argument("--schedule", default="staged", choices=SCHEDULES)
     p.add_argument("--bn-policy", default=None, choices=["keep", "reestimate"],
                    help="re-estimate trainable BatchNorm statistics before the final evaluation (default: the "
@@ -604,8 +616,8 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         over["weights"] = None if args.weights.lower() == "none" else args.weights
     if args.stage_epochs:
         over["stage_epochs"] = tuple(int(v) for v in args.stage_epochs.split(","))
-    if args.spec_kind is None and args.task == "classification":
-        args.spec_kind = "dual"  # the classifier's default; a detector has no trunk attention unless asked
+    if args.spec_kind is _TASK_DEFAULT:  # not given: a classifier gets dual, a detector no trunk attention
+        args.spec_kind = "dual" if args.task == "classification" else None
     over.update(attention=AttentionSpec.from_args(args), schedule=args.schedule, seed=args.seed, quick=args.quick)
     if args.task == "detection":
         over.update(task="detection", fpn_attention=args.fpn_attention, detector_weights=args.detector_weights)

@@ -314,3 +314,17 @@ def test_an_empty_training_set_is_refused(tmp_path):
     empty = TensorDataset(torch.zeros(0, 3, 8, 8), torch.zeros(0, 5))
     with pytest.raises(ValueError, match="training set is empty"):
         Trainer(model, model.groups(), staged_schedule((1, 1, 1)), empty, None, out_dir=tmp_path, progress=False)
+
+
+def test_cli_attention_none_is_a_plain_model_and_the_default_depends_on_the_task():
+    from sca_lib.train import _parser, config_from_args
+
+    def kind(*argv):
+        return config_from_args(_parser().parse_args(list(argv))).attention.kind
+
+    assert kind("--mode", "cpu") == "dual"                       # a classifier's default
+    assert kind("--mode", "cpu", "--attention", "none") is None  # asked for a plain model: gets one
+    assert kind("--mode", "cpu", "--attention", "channel") == "channel"
+    assert kind("--task", "detection", "--mode", "cpu") is None  # a detector's default: no trunk attention
+    assert kind("--task", "detection", "--mode", "cpu", "--attention", "dual") == "dual"
+    assert "dual for a classifier, none for a detector" in " ".join(_parser().format_help().split())
