@@ -247,9 +247,7 @@ def evaluate_classifier(model: torch.nn.Module, dataset: Any, image_size: int,
 
     Returns ``{method: localisation_scores(...)}``.
     """
-    from torchvision.transforms import v2
-
-    from .data.transforms import IMAGENET_MEAN, IMAGENET_STD
+    from .data.transforms import classification_transforms
     from .maps import attention_maps, gradcam_maps
 
     unknown = [m for m in methods if m not in METHODS]
@@ -257,8 +255,7 @@ def evaluate_classifier(model: torch.nn.Module, dataset: Any, image_size: int,
         raise ValueError(f"unknown localisation methods {unknown}; expected from {', '.join(METHODS)}")
     classes = getattr(dataset, "classes", None)
     num_classes = len(classes) if classes else 20
-    prep = v2.Compose([v2.Resize((image_size, image_size), antialias=True),
-                       v2.Normalize(mean=list(IMAGENET_MEAN), std=list(IMAGENET_STD))])
+    prep = classification_transforms(image_size, normalize=True)  # the training pipeline, on a float image
     n = len(dataset) if limit is None else min(int(limit), len(dataset))
     items: Dict[str, List[Tuple[Dict[int, ArrayLike], Dict[str, Any]]]] = {m: [] for m in methods}
     batches = range(0, n, batch_size)
@@ -269,7 +266,7 @@ def evaluate_classifier(model: torch.nn.Module, dataset: Any, image_size: int,
     for start in batches:
         samples = [dataset[i] for i in range(start, min(start + batch_size, n))]
         sizes = [tuple(img.shape[-2:]) for img, _ in samples]
-        x = torch.stack([prep(img) for img, _ in samples])
+        x = torch.stack([prep(img).as_subclass(torch.Tensor) for img, _ in samples])
         targets = [{k: t[k] for k in ("boxes", "labels", "difficult")} for _, t in samples]
         present = [sorted({int(v) - 1 for v in t["labels"]}) for t in targets]
         if "attention" in methods:

@@ -74,6 +74,18 @@ def record_attention(model: nn.Module, every_call: bool = False) -> Iterator[Dic
             m.last_maps = None
 
 
+def _batch_sizes(images: torch.Tensor, sizes: Optional[Sequence[Tuple[int, int]]]) -> List[Tuple[int, int]]:
+    """Check a classifier's batch ``(N, 3, H, W)``; each image's original ``(height, width)`` (default the input's)."""
+    if not isinstance(images, torch.Tensor) or images.dim() != 4:
+        raise ValueError(f"images must be one (N, 3, H, W) tensor, got "
+                         f"{tuple(images.shape) if isinstance(images, torch.Tensor) else type(images).__name__}")
+    n = images.shape[0]
+    sizes = [tuple(images.shape[-2:])] * n if sizes is None else [tuple(v) for v in sizes]
+    if len(sizes) != n:
+        raise ValueError(f"sizes must give one (height, width) per image: {n} images, {len(sizes)} sizes")
+    return sizes
+
+
 @torch.no_grad()
 def attention_maps(model: nn.Module, images: torch.Tensor,
                    sizes: Optional[Sequence[Tuple[int, int]]] = None) -> Dict[str, Dict[str, object]]:
@@ -91,14 +103,7 @@ def attention_maps(model: nn.Module, images: torch.Tensor,
         ``{module name: {"spatial": list of N (h_i, w_i) tensors or None, "channel": (N, C) or
         None, "grid": (h, w) of the module's own map}}``, spatial values the gate's (in [0, 1]).
     """
-    if not isinstance(images, torch.Tensor) or images.dim() != 4:
-        raise ValueError(f"images must be one (N, 3, H, W) tensor, got "
-                         f"{tuple(images.shape) if isinstance(images, torch.Tensor) else type(images).__name__}")
-    n = images.shape[0]
-    if sizes is None:
-        sizes = [tuple(images.shape[-2:])] * n
-    if len(sizes) != n:
-        raise ValueError(f"sizes must give one (height, width) per image: {n} images, {len(sizes)} sizes")
+    sizes = _batch_sizes(images, sizes)
     was_training = model.training
     model.eval()
     try:
@@ -208,9 +213,7 @@ def gradcam_maps(model: nn.Module, images: torch.Tensor, labels: Union[torch.Ten
         from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
     except ImportError as e:  # pragma: no cover - a dev dependency
         raise ImportError("gradcam_maps needs the grad-cam package: pip install grad-cam") from e
-    if not isinstance(images, torch.Tensor) or images.dim() != 4:
-        raise ValueError(f"images must be one (N, 3, H, W) tensor, got "
-                         f"{tuple(images.shape) if isinstance(images, torch.Tensor) else type(images).__name__}")
+    sizes = _batch_sizes(images, sizes)
     n = images.shape[0]
     if isinstance(labels, torch.Tensor):
         if labels.dim() != 2 or labels.shape[0] != n:
@@ -221,9 +224,6 @@ def gradcam_maps(model: nn.Module, images: torch.Tensor, labels: Union[torch.Ten
         present = [[int(c) for c in cls] for cls in labels]
         if len(present) != n:
             raise ValueError(f"labels must give one list of class indices per image: {n} images, {len(present)} lists")
-    sizes = [tuple(images.shape[-2:])] * n if sizes is None else list(sizes)
-    if len(sizes) != n:
-        raise ValueError(f"sizes must give one (height, width) per image: {n} images, {len(sizes)} sizes")
     layer = target_layer if target_layer is not None else default_cam_layer(model)
     out: List[Dict[int, torch.Tensor]] = [dict() for _ in range(n)]
     was_training = model.training
