@@ -64,7 +64,7 @@ def _check_map(saliency: ArrayLike, name: str = "saliency") -> np.ndarray:
 def box_mask(boxes: ArrayLike, size: Tuple[int, int]) -> np.ndarray:
     """Boolean ``(H, W)`` union of ``boxes`` ``(K, 4)`` xyxy pixel edges in an image of ``size = (H, W)``."""
     h, w = int(size[0]), int(size[1])
-    b = _np(boxes).reshape(-1, 4) if len(_np(boxes)) else np.zeros((0, 4))
+    b = _np(boxes).reshape(-1, 4)  # an empty list or (0, 4) array gives no box
     mask = np.zeros((h, w), dtype=bool)
     for x0, y0, x1, y1 in b:
         c0, r0 = max(int(math.floor(x0)), 0), max(int(math.floor(y0)), 0)
