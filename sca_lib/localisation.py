@@ -34,8 +34,13 @@ from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
 import numpy as np
 import torch
 
-__all__ = ["box_mask", "peak", "pointing_hit", "energy_inside", "centre_map", "is_difficult_pair",
-           "PointingGame", "localisation_scores", "METHODS", "evaluate_classifier"]
+__all__ = ["box_mask", "peak", "pointing_hit", "pointing_chance", "energy_inside", "centre_map", "is_difficult_pair",
+           "PointingGame", "localisation_scores", "METHODS", "evaluate_classifier", "evaluate_detector",
+           "VOC_DIAGONAL", "scaled_tolerance"]
+
+#: The diagonal in pixels of VOC2012's most common image size (500 x 375), the images TorchRay's
+#: 15-pixel tolerance was set for; :func:`scaled_tolerance` carries that tolerance to other sizes.
+VOC_DIAGONAL = 625.0
 
 #: What :func:`evaluate_classifier` can score: the attention module's spatial map (class-agnostic:
 #: the same map for every class of an image), Grad-CAM (one map per positive class), the centre.
@@ -91,6 +96,29 @@ def pointing_hit(point: Tuple[int, int], mask: np.ndarray, tolerance: float = 15
         return False
     u, v = point
     return bool((((cols - u) ** 2 + (rows - v) ** 2) < float(tolerance) ** 2).any())
+
+
+def pointing_chance(mask: np.ndarray, tolerance: float = 15) -> float:
+    """The hit probability of a point drawn uniformly over the image: the share of pixels
+    strictly within ``tolerance`` of a pixel of ``mask`` (the pointing game's chance level for
+    that pair; 0 for an empty mask)."""
+    from scipy.ndimage import distance_transform_edt
+
+    m = _np(mask).astype(bool)
+    if m.ndim != 2:
+        raise ValueError(f"mask must be (H, W), got shape {m.shape}")
+    if not m.any():
+        return 0.0
+    return float((distance_transform_edt(~m) < float(tolerance)).mean())
+
+
+def scaled_tolerance(sizes: Iterable[Tuple[int, int]], tolerance: float = 15) -> float:
+    """``tolerance`` carried from VOC's images to images of ``sizes`` ``(H, W)``: the same share of the
+    median image diagonal (15 px on VOC's 625-px diagonal is 2.4 %; on 180-px images, 4.3 px)."""
+    diags = [math.hypot(float(h), float(w)) for h, w in sizes]
+    if not diags:
+        raise ValueError("scaled_tolerance needs at least one image size")
+    return float(tolerance) * float(np.median(diags)) / VOC_DIAGONAL
 
 
 def energy_inside(saliency: ArrayLike, mask: np.ndarray) -> Tuple[float, float]:
@@ -176,8 +204,14 @@ class PointingGame:
         return int((self.hits + self.misses).sum())
 
 
+def _class_mean(sums: np.ndarray) -> float:
+    """Mean over classes with pairs of (sum / pairs): a chance level averaged like the game."""
+    seen = sums[:, 1] > 0
+    return float(np.mean(sums[seen, 0] / sums[seen, 1])) if seen.any() else float("nan")
+
+
 def localisation_scores(items: Iterable[Tuple[Dict[int, ArrayLike], Dict[str, Any]]], num_classes: int,
-                        tolerance: float = 15) -> Dict[str, Any]:
+                        tolerance: float = 15, extra_tolerances: Sequence[float] = ()) -> Dict[str, Any]:
     """Pointing game (all and difficult) and energy share over a split.
 
     ``items`` yields ``(maps, target)`` per image: ``maps`` maps a 0-based class index to that
@@ -188,13 +222,22 @@ def localisation_scores(items: Iterable[Tuple[Dict[int, ArrayLike], Dict[str, An
 
     Returns ``{"pointing": accuracy, "pointing_difficult": accuracy, "pointing_per_class",
     "pairs", "pairs_difficult", "skipped_difficult", "energy": mean energy share,
-    "area": mean area share, "energy_over_area": mean of the per-pair ratio}``.
+    "area": mean area share, "energy_over_area": mean of the per-pair ratio,
+    "pointing_chance", "pointing_difficult_chance", "flat_maps"}``: ``flat_maps`` counts the pairs
+    whose map is constant (it points at the top-left pixel, as TorchRay's argmax would); the chance keys are what a uniformly random
+    point scores (:func:`pointing_chance` per pair, averaged like the game: per class, then over
+    classes). Each of ``extra_tolerances`` ``t`` adds ``"pointing@<t>px"`` and
+    ``"pointing_chance@<t>px"`` (all pairs) with that tolerance.
     """
     all_game = PointingGame(num_classes, tolerance)
     hard_game = PointingGame(num_classes, tolerance)
+    extra = {float(t): (PointingGame(num_classes, t), PointingGame(num_classes, t)) for t in extra_tolerances}
+    chance_all = np.zeros((num_classes, 2))  # per class: sum of pair chances, pairs
+    chance_hard = np.zeros((num_classes, 2))
+    chance_extra = {t: np.zeros((num_classes, 2)) for t in extra}
     energies: List[float] = []
     areas: List[float] = []
-    skipped = 0
+    skipped = flat = 0
     for maps, target in items:
         boxes = _np(target["boxes"]).reshape(-1, 4)
         labels = _np(target["labels"]).reshape(-1).astype(int)
@@ -209,18 +252,31 @@ def localisation_scores(items: Iterable[Tuple[Dict[int, ArrayLike], Dict[str, An
                 skipped += 1
                 continue
             s = _check_map(maps[cls], f"the map of class {cls}")
+            flat += int(s.max() == s.min())
             mask = box_mask(boxes[sel], s.shape)
             hit = all_game.evaluate(s, mask, cls)
+            p = pointing_chance(mask, tolerance)
+            chance_all[cls] += (p, 1)
             if is_difficult_pair(boxes, labels, label, s.shape):
                 hard_game.add(cls, hit)
+                chance_hard[cls] += (p, 1)
+            for t, (game, _) in extra.items():
+                game.evaluate(s, mask, cls)
+                chance_extra[t][cls] += (pointing_chance(mask, t), 1)
             e, a = energy_inside(s, mask)
             energies.append(e)
             areas.append(a)
     ratio = [e / a for e, a in zip(energies, areas) if a > 0]
+    extra_keys: Dict[str, float] = {}
+    for t, (game, _) in extra.items():
+        extra_keys[f"pointing@{t:g}px"] = game.accuracy
+        extra_keys[f"pointing_chance@{t:g}px"] = _class_mean(chance_extra[t])
     return {
+        "pointing_chance": _class_mean(chance_all), "pointing_difficult_chance": _class_mean(chance_hard),
+        **extra_keys,
         "pointing": all_game.accuracy, "pointing_difficult": hard_game.accuracy,
         "pointing_per_class": all_game.class_accuracies.tolist(),
-        "pairs": all_game.pairs, "pairs_difficult": hard_game.pairs, "skipped_difficult": skipped,
+        "pairs": all_game.pairs, "pairs_difficult": hard_game.pairs, "skipped_difficult": skipped, "flat_maps": flat,
         "energy": float(np.mean(energies)) if energies else float("nan"),
         "area": float(np.mean(areas)) if areas else float("nan"),
         "energy_over_area": float(np.mean(ratio)) if ratio else float("nan"),
@@ -230,7 +286,7 @@ def localisation_scores(items: Iterable[Tuple[Dict[int, ArrayLike], Dict[str, An
 def evaluate_classifier(model: torch.nn.Module, dataset: Any, image_size: int,
                         methods: Sequence[str] = METHODS, module: Optional[str] = None,
                         limit: Optional[int] = None, batch_size: int = 16, tolerance: float = 15,
-                        progress: bool = False) -> Dict[str, Dict[str, Any]]:
+                        extra_tolerances: Sequence[float] = (), progress: bool = False) -> Dict[str, Dict[str, Any]]:
     """Localisation scores of a trained classifier's maps over a VOC-format split.
 
     Args:
@@ -244,6 +300,7 @@ def evaluate_classifier(model: torch.nn.Module, dataset: Any, image_size: int,
         module: which attention module's map (a name from :func:`sca_lib.attention_maps`); default
             the only one, an error when there are several.
         limit: score the first ``limit`` images.
+        tolerance, extra_tolerances: the pointing game's (see :func:`localisation_scores`).
 
     Returns ``{method: localisation_scores(...)}``.
     """
@@ -271,13 +328,7 @@ def evaluate_classifier(model: torch.nn.Module, dataset: Any, image_size: int,
         present = [sorted({int(v) - 1 for v in t["labels"]}) for t in targets]
         if "attention" in methods:
             maps = attention_maps(model, x, sizes)
-            names = [k for k, v in maps.items() if v["spatial"] is not None]
-            if module is None and len(names) != 1:
-                raise ValueError(f"the model has {len(names)} attention modules with a spatial map ({names}); "
-                                 f"pass module=<one of them>")
-            name = module if module is not None else names[0]
-            if name not in names:
-                raise ValueError(f"module {name!r} has no spatial map; modules with one: {names}")
+            name = _pick_module([k for k, v in maps.items() if v["spatial"] is not None], module)
             for i, t in enumerate(targets):
                 items["attention"].append(({c: maps[name]["spatial"][i] for c in present[i]}, t))
         if "gradcam" in methods:
@@ -288,4 +339,58 @@ def evaluate_classifier(model: torch.nn.Module, dataset: Any, image_size: int,
             for i, t in enumerate(targets):
                 centre = centre_map(sizes[i])
                 items["centre"].append(({c: centre for c in present[i]}, t))
-    return {m: localisation_scores(items[m], num_classes, tolerance) for m in methods}
+    return {m: localisation_scores(items[m], num_classes, tolerance, extra_tolerances) for m in methods}
+
+
+def _pick_module(names: Sequence[str], module: Optional[str]) -> str:
+    if module is None and len(names) != 1:
+        raise ValueError(f"the model has {len(names)} attention maps ({list(names)}); pass module=<one of them>")
+    name = module if module is not None else names[0]
+    if name not in names:
+        raise ValueError(f"no spatial map called {name!r}; maps: {list(names)}")
+    return name
+
+
+def evaluate_detector(model: torch.nn.Module, dataset: Any, methods: Sequence[str] = ("attention", "centre"),
+                      module: Optional[str] = None, limit: Optional[int] = None, batch_size: int = 4,
+                      tolerance: float = 15, extra_tolerances: Sequence[float] = (),
+                      progress: bool = False) -> Dict[str, Dict[str, Any]]:
+    """Localisation scores of a trained detector's attention maps over a VOC-format split.
+
+    The detector's maps come from :func:`sca_lib.maps.detector_attention_maps` (the image as the
+    detector sees it, padding cropped, back in the original pixels); a map is class-agnostic, so it
+    is scored under every class of its image. ``methods``: ``"attention"`` and/or ``"centre"``;
+    ``module``: which map (a key of ``detector_attention_maps``, e.g. ``"backbone.body.features.12.attn"``
+    or an FPN level ``"...attn[0]"``), default the only one. ``dataset``: a
+    :class:`sca_lib.data.VOCDetection` with its default transforms (images in [0, 1]).
+    Returns ``{method: localisation_scores(...)}``.
+    """
+    from .maps import detector_attention_maps
+
+    unknown = [m for m in methods if m not in ("attention", "centre")]
+    if unknown:
+        raise ValueError(f"unknown detector localisation methods {unknown}; expected attention, centre")
+    classes = getattr(dataset, "classes", None)
+    num_classes = len(classes) if classes else 20
+    n = len(dataset) if limit is None else min(int(limit), len(dataset))
+    items: Dict[str, List[Tuple[Dict[int, ArrayLike], Dict[str, Any]]]] = {m: [] for m in methods}
+    batches = range(0, n, batch_size)
+    if progress:
+        from tqdm.auto import tqdm
+
+        batches = tqdm(batches, desc="localisation", unit="batch")
+    for start in batches:
+        samples = [dataset[i] for i in range(start, min(start + batch_size, n))]
+        images = [img.as_subclass(torch.Tensor).float() for img, _ in samples]
+        targets = [{k: t[k] for k in ("boxes", "labels", "difficult")} for _, t in samples]
+        present = [sorted({int(v) - 1 for v in t["labels"]}) for t in targets]
+        if "attention" in methods:
+            maps = detector_attention_maps(model, images)
+            name = _pick_module([k for k, v in maps.items() if v["spatial"] is not None], module)
+            for i, t in enumerate(targets):
+                items["attention"].append(({c: maps[name]["spatial"][i] for c in present[i]}, t))
+        if "centre" in methods:
+            for i, t in enumerate(targets):
+                centre = centre_map(tuple(images[i].shape[-2:]))
+                items["centre"].append(({c: centre for c in present[i]}, t))
+    return {m: localisation_scores(items[m], num_classes, tolerance, extra_tolerances) for m in methods}

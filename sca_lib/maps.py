@@ -243,14 +243,17 @@ def gradcam_maps(model: nn.Module, images: torch.Tensor, labels: Union[torch.Ten
 
 
 def plot_overlays(image: torch.Tensor, maps: Dict[str, torch.Tensor], target: Optional[Dict[str, torch.Tensor]] = None,
-                  classes: Optional[Sequence[str]] = None, title: str = "", alpha: float = 0.5):
+                  classes: Optional[Sequence[str]] = None, title: str = "", alpha: float = 0.5, axes=None,
+                  colorbar: bool = True):
     """One row of panels: the image, then each map over it, with the ground-truth boxes.
 
     ``image`` ``(3, H, W)`` in [0, 1]; ``maps`` title -> ``(H, W)`` map in the image's pixels
     (e.g. from :func:`attention_maps` or :func:`gradcam_maps`); ``target`` (optional) holds
     ``boxes`` ``(K, 4)`` xyxy, ``labels`` 1-based and ``difficult``: solid boxes, dashed when
     ``difficult``, named after ``classes``. Each map keeps its own colour scale (shown by a colour
-    bar): a gate's values and a CAM's are not on one scale. Returns the figure.
+    bar): a gate's values and a CAM's are not on one scale. ``axes``: ``1 + len(maps)`` axes to draw
+    into (one row of a larger figure; ``title`` then goes to the first panel). ``colorbar=False``
+    leaves the colour bars out and prints each map's range in its panel instead. Returns the figure.
     """
     import matplotlib.pyplot as plt
     from matplotlib.patches import Rectangle
@@ -263,16 +266,29 @@ def plot_overlays(image: torch.Tensor, maps: Dict[str, torch.Tensor], target: Op
             raise ValueError(f"map {name!r} has shape {tuple(m.shape)}, the image is {(h, w)}: "
                              f"upsample it to the image first (attention_maps / gradcam_maps do)")
     n = 1 + len(maps)
-    fig, axes = plt.subplots(1, n, figsize=(2.8 * n, 2.9), squeeze=False)
+    own = axes is None
+    if own:
+        fig, grid = plt.subplots(1, n, figsize=(2.8 * n, 2.9), squeeze=False)
+        axes = grid[0]
+    else:
+        axes = list(axes)
+        if len(axes) != n:
+            raise ValueError(f"axes must hold {n} panels (the image and {len(maps)} maps), got {len(axes)}")
+        fig = axes[0].figure
     rgb = image.permute(1, 2, 0).clamp(0, 1).cpu().numpy()
-    for k, ax in enumerate(axes[0]):
+    for k, ax in enumerate(axes):
         ax.imshow(rgb)
         if k == 0:
             ax.set_title("image" + (" + boxes" if target is not None else ""), fontsize=9)
         else:
             name, m = list(maps.items())[k - 1]
-            im = ax.imshow(m.detach().cpu().numpy(), cmap="jet", alpha=alpha)
-            fig.colorbar(im, ax=ax, fraction=0.046, pad=0.02)
+            arr = m.detach().float().cpu().numpy()
+            im = ax.imshow(arr, cmap="jet", alpha=alpha)
+            if colorbar:
+                fig.colorbar(im, ax=ax, fraction=0.046, pad=0.02).formatter.set_useOffset(False)
+            else:
+                ax.text(1, h - 2, f"{arr.min():.3g} to {arr.max():.3g}", fontsize=6, color="white", va="bottom",
+                        bbox=dict(fc="black", alpha=0.6, pad=1, lw=0))
             ax.set_title(name, fontsize=9)
         if target is not None:
             difficult = target.get("difficult", torch.zeros(len(target["labels"]), dtype=torch.bool))
@@ -284,9 +300,12 @@ def plot_overlays(image: torch.Tensor, maps: Dict[str, torch.Tensor], target: Op
                     ax.text(x0, y0 - 1, classes[int(label) - 1] + (" (difficult)" if hard else ""),
                             fontsize=7, color="white", va="bottom", bbox=dict(fc="black", alpha=0.5, pad=1, lw=0))
         ax.set_axis_off()
-    if title:
+    if title and own:
         fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
+    elif title:
+        axes[0].set_title(title, fontsize=8)
+    if own:
+        fig.tight_layout()
     return fig
 
 

@@ -39,7 +39,7 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset, Subset
 
-from ._io import atomic_write_text, json_hash, jsonable
+from ._io import atomic_save, atomic_write_text, json_hash, jsonable
 from .attention import attention_modules, init_attention_
 from .backbones import build_classifier, normalise_spec
 from .baselines import labels_of, reference_lines
@@ -59,7 +59,11 @@ from .studies import CPU_PLACEMENTS, CPU_PROTOCOL, DETECTION_CPU_PROTOCOL
 
 __all__ = ["TrainConfig", "MODE_DEFAULTS", "DETECTION_MODE_DEFAULTS", "TASKS", "SCHEDULES", "QUICK_STAGE_EPOCHS",
            "train_classifier", "train_detector", "train_model", "train_from_config", "build_schedule", "build_model",
-           "build_detection_model", "build_datasets", "build_detection_datasets", "main"]
+           "build_detection_model", "build_datasets", "build_detection_datasets", "FINAL_WEIGHTS", "load_trained", "main"]
+
+#: The file, in a run's folder, holding the weights the run's summary was measured with (after the
+#: BatchNorm re-estimation when there is one); :func:`load_trained` rebuilds the model from it.
+FINAL_WEIGHTS = "final_model.pt"
 
 #: What each run mode sets; everything else keeps the :class:`TrainConfig` defaults.
 MODE_DEFAULTS: Dict[str, Dict[str, Any]] = {
@@ -419,15 +423,18 @@ def train_classifier(config: Union[TrainConfig, Dict[str, Any]], out_dir: Union[
         # chance and prior on this split (the prior's loss in the training loss's reduction)
         "reference": reference_lines(labels_of(train_set), labels_of(val_set), reduction=cfg.loss_reduction),
     })
-    return _write_summary(summary, weights, out_dir, info.is_main)
+    return _write_summary(summary, weights, out_dir, info.is_main, model)
 
 
-def _write_summary(summary: Dict[str, Any], weights: Optional[str], out_dir: Path, is_main: bool) -> Dict[str, Any]:
-    """Add the stand-in's record (which weights exactly) and write ``summary.json`` (rank 0, no history)."""
+def _write_summary(summary: Dict[str, Any], weights: Optional[str], out_dir: Path, is_main: bool,
+                   model: nn.Module) -> Dict[str, Any]:
+    """Add the stand-in's record (which weights exactly), write the evaluated model's weights
+    (:data:`FINAL_WEIGHTS`) and ``summary.json`` (rank 0, no history)."""
     if weights is not None and Path(weights).with_suffix(".json").exists():
         rec = standin_record(weights)
         summary["standin"] = {k: rec.get(k) for k in ("weights_digest", "source_val_mAP", "source_val_top1")}
     if is_main:
+        atomic_save(model.state_dict(), out_dir / FINAL_WEIGHTS)
         slim = {k: v for k, v in summary.items() if k != "history"}
         atomic_write_text(out_dir / "summary.json", json.dumps(jsonable(slim), indent=1) + "\n")
     return summary
@@ -538,7 +545,41 @@ def train_detector(config: Union[TrainConfig, Dict[str, Any]], out_dir: Union[st
         "session_time_s": time.perf_counter() - t0, "config": cfg.to_dict(),
         "reference": detection_reference_lines(train_set, val_set, num_classes=len(classes)),
     })
-    return _write_summary(summary, weights, out_dir, info.is_main)
+    return _write_summary(summary, weights, out_dir, info.is_main, model)
+
+
+def load_trained(out_dir: Union[str, Path]) -> Tuple[nn.Module, Dict[str, Any]]:
+    """``(model, summary)`` of a finished run: the model rebuilt from the run's ``summary.json``
+    config, :data:`FINAL_WEIGHTS` loaded, in eval mode (no weights are downloaded or pre-trained:
+    every weight comes from the run's file).
+
+    A run finished by an older version has no :data:`FINAL_WEIGHTS`; calling :func:`train_model`
+    with its config and folder again returns at once (re-estimating BatchNorm exactly as the run
+    did) and writes it.
+    """
+    out_dir = Path(out_dir)
+    missing = [n for n in ("summary.json", FINAL_WEIGHTS) if not (out_dir / n).exists()]
+    if missing:
+        raise FileNotFoundError(f"{out_dir} holds no finished run (missing {', '.join(missing)}); train it with "
+                                f"train_model(config, {str(out_dir)!r}) (a run finished before {FINAL_WEIGHTS} "
+                                f"existed only needs that call again: it returns at once and writes the file)")
+    summary = json.loads((out_dir / "summary.json").read_text())
+    cfg = TrainConfig.from_dict(summary["config"])
+    n = len(summary["classes"])
+    if cfg.task == "detection":
+        from .detection import build_detector
+
+        model = build_detector(cfg.backbone, attention=cfg.attention, fpn_attention=cfg.fpn_attention,
+                               num_classes=n + 1, weights_backbone=None, weights=None, **dict(cfg.detector or {}))
+    else:
+        model = build_classifier(cfg.backbone, attention=cfg.attention, num_classes=n, weights=None)
+    try:
+        state = torch.load(out_dir / FINAL_WEIGHTS, map_location="cpu", weights_only=True)
+        model.load_state_dict(state)
+    except Exception as e:
+        raise RuntimeError(f"cannot load {out_dir / FINAL_WEIGHTS} into the model its summary describes: {e}. "
+                           f"Delete the file and call train_model(config, out_dir) again to rewrite it") from e
+    return model.eval(), summary
 
 
 def train_model(config: Union[TrainConfig, Dict[str, Any]], out_dir: Union[str, Path], **kwargs: Any) -> Dict[str, Any]:

@@ -130,3 +130,81 @@ def test_evaluate_classifier_scores_every_method_on_the_same_pairs(tmp_path):
     with pytest.raises(ValueError, match="no DualAttention"):
         evaluate_classifier(build_classifier("mobilenet_v3_small", attention=None, num_classes=20, weights=None),
                             val, image_size=64, limit=2, methods=("attention",))
+
+
+def test_pointing_chance_is_the_share_of_points_that_would_hit():
+    from sca_lib.localisation import pointing_chance
+
+    mask = np.zeros((40, 40), dtype=bool)
+    mask[10, 20] = True
+    assert pointing_chance(mask, 1) == 1 / 1600          # only the pixel itself is closer than 1
+    assert pointing_chance(mask, 2) == 9 / 1600          # itself, 4 neighbours (d = 1), 4 diagonals (d^2 = 2)
+    assert pointing_chance(np.zeros((5, 5), dtype=bool)) == 0.0
+    rng = np.random.default_rng(0)
+    m = np.zeros((20, 30), dtype=bool)
+    m[rng.integers(0, 20, 3), rng.integers(0, 30, 3)] = True
+    m[4:7, 10:16] = True
+    brute = np.mean([[_torchray_hit(m, (u, v), 6) for u in range(30)] for v in range(20)])
+    assert pointing_chance(m, 6) == pytest.approx(brute)  # the benchmark's rule at every pixel
+
+
+def test_scaled_tolerance_keeps_the_share_of_the_diagonal():
+    from sca_lib.localisation import VOC_DIAGONAL, scaled_tolerance
+
+    assert VOC_DIAGONAL == 625.0
+    assert scaled_tolerance([(375, 500)]) == pytest.approx(15.0)
+    assert scaled_tolerance([(75, 100)] * 3 + [(375, 500)]) == pytest.approx(3.0)  # the median image: diagonal 125
+    with pytest.raises(ValueError, match="at least one image size"):
+        scaled_tolerance([])
+
+
+def test_scores_add_chance_levels_extra_tolerances_and_count_flat_maps():
+    mask_box = [[20, 10, 21, 11]]  # one pixel: column 20, row 10
+    near = np.zeros((40, 40))
+    near[10, 5] = 1.0  # 15 px left of the box: a miss at 15 px, a hit at 16
+    flat = np.ones((40, 40))  # points at (0, 0): 22.4 px away, a miss at both
+    t = {"boxes": torch.tensor(mask_box, dtype=torch.float32), "labels": torch.tensor([1])}
+    t2 = {"boxes": torch.tensor([[0, 0, 3, 3]], dtype=torch.float32), "labels": torch.tensor([2])}
+    r = localisation_scores([({0: near}, t), ({1: flat}, t2)], num_classes=3, extra_tolerances=(16,))
+    assert r["pointing"] == 0.5 and r["pointing@16px"] == 1.0  # class 1 hits only at 16 px; class 2's flat map hits
+    assert r["flat_maps"] == 1
+    from sca_lib.localisation import pointing_chance
+
+    p1 = pointing_chance(box_mask(mask_box, (40, 40)), 15)
+    p2 = pointing_chance(box_mask([[0, 0, 3, 3]], (40, 40)), 15)
+    assert r["pointing_chance"] == pytest.approx((p1 + p2) / 2)  # per class, then over classes
+    assert r["pointing_chance@16px"] > r["pointing_chance"]
+    assert np.isnan(r["pointing_difficult_chance"])  # no difficult pair: one class per image
+
+
+def test_evaluate_detector_scores_trunk_and_pyramid_maps(tmp_path):
+    from sca_lib.data import VOCDetection
+    from sca_lib.detection import build_detector
+    from sca_lib.localisation import evaluate_detector
+    from sca_lib.maps import detector_attention_maps
+    from sca_lib.standin import synthetic_devkit
+
+    root = synthetic_devkit("target", "fast", tmp_path)
+    val = VOCDetection(root, split="val")
+    torch.manual_seed(0)
+    det = build_detector("mobilenet_v3_small", attention="dual", num_classes=21, weights_backbone=None,
+                         min_size=64, max_size=96).eval()
+    r = evaluate_detector(det, val, limit=3, batch_size=2)
+    assert set(r) == {"attention", "centre"} and r["attention"]["pairs"] == r["centre"]["pairs"] > 0
+    items = []  # the attention method is the maps of detector_attention_maps, scored under every class present
+    for i in range(3):
+        img, t = val[i]
+        maps = detector_attention_maps(det, [img.as_subclass(torch.Tensor).float()])
+        (spatial,) = [v["spatial"][0] for v in maps.values() if v["spatial"] is not None]
+        items.append(({int(c) - 1: spatial for c in t["labels"]}, t))
+    assert json.dumps(r["attention"]) == json.dumps(localisation_scores(items, num_classes=20))
+    fpn = build_detector("mobilenet_v3_small", fpn_attention="dual", num_classes=21, weights_backbone=None,
+                         min_size=64, max_size=96).eval()
+    with pytest.raises(ValueError, match="pass module="):
+        evaluate_detector(fpn, val, limit=1)
+    keys = list(detector_attention_maps(fpn, [val[0][0].as_subclass(torch.Tensor).float()]))
+    assert len(keys) >= 2 and all("[" in k for k in keys)  # one map per pyramid level
+    one = evaluate_detector(fpn, val, ("attention",), module=keys[0], limit=2)
+    assert 0.0 <= one["attention"]["pointing"] <= 1.0
+    with pytest.raises(ValueError, match="unknown detector localisation methods"):
+        evaluate_detector(det, val, ("gradcam",))

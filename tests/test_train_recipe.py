@@ -117,6 +117,35 @@ def test_bn_reestimation_policy_evaluates_again_and_keeps_the_first_metrics(tmp_
     assert (again["mAP"], again["val_loss"]) == (re["mAP"], re["val_loss"])
 
 
+def test_load_trained_rebuilds_the_model_the_summary_measured(tmp_path):
+    """The run's final weights (after the BatchNorm re-estimation) give back the summary's mAP; the
+    last epoch's checkpoint (before it) holds other BatchNorm statistics."""
+    from torch.utils.data import DataLoader
+
+    from sca_lib.engine import _split_batch
+    from sca_lib.metrics import classification_metrics
+    from sca_lib.train import FINAL_WEIGHTS, build_datasets, load_trained
+
+    cfg = TrainConfig.from_mode("fast", attention="dual", seed=2, bn_policy="reestimate")
+    s = train_classifier(cfg, tmp_path / "run", progress=False)
+    model, saved = load_trained(tmp_path / "run")
+    assert not model.training and saved["mAP"] == s["mAP"] and saved["config"] == cfg.to_dict()
+    _, val, _ = build_datasets(cfg, verbose=False)
+    parts = [_split_batch(b) for b in DataLoader(val, batch_size=64)]
+    with torch.no_grad():
+        scores = torch.cat([model(x) for x, _, _ in parts])
+    y, ig = torch.cat([p[1] for p in parts]), torch.cat([p[2] for p in parts]).bool()
+    assert classification_metrics(scores, y, ig)["mAP"] == pytest.approx(s["mAP"], abs=1e-6)
+    final = torch.load(tmp_path / "run" / FINAL_WEIGHTS, weights_only=True)
+    last_epoch = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=False)["model"]
+    assert any(not torch.equal(final[k], last_epoch[k]) for k in final if k.endswith("running_mean"))
+    with pytest.raises(FileNotFoundError, match="holds no finished run"):
+        load_trained(tmp_path / "elsewhere")
+    (tmp_path / "run" / FINAL_WEIGHTS).write_bytes(b"not a state dict")
+    with pytest.raises(RuntimeError, match="cannot load"):
+        load_trained(tmp_path / "run")
+
+
 def test_staged_and_single_schedules():
     staged = build_schedule(TrainConfig.from_mode("cpu"))
     assert [s.groups for s in staged][0] == ("attention", "head")

@@ -1,0 +1,79 @@
+"""The localisation study command: which models it scores, its rows, resumption and report."""
+
+import json
+
+import pytest
+
+from sca_lib import localise
+from sca_lib.config import repo_root
+from sca_lib.results import load_results
+from sca_lib.train import train_from_config
+
+
+def test_the_declared_studies_score_the_committed_runs():
+    cpu = localise.study_points("cpu")
+    assert len(cpu) == 15 and sorted({p["setting"] for p in cpu}) == ["dual", "none", "spatial"]
+    committed = {r["run_id"]: r for r in load_results(repo_root() / "results" / "cpu")}
+    assert all(p["run_id"] in committed and committed[p["run_id"]]["study"] == "variants" for p in cpu)
+    det = localise.study_points("detection_cpu")
+    committed = {r["run_id"] for r in load_results(repo_root() / "results" / "detection_cpu")}
+    assert len(det) == 10 and {p["run_id"] for p in det} <= committed
+    assert sorted({p["setting"] for p in det}) == ["dual", "fpn dual"]
+    for st in localise.LOCALISATION_STUDIES.values():  # every declared comparison names scored methods
+        labels = {f"{s}/{m}" for s in st.settings for m in ("attention", "gradcam", "attention[0]", "attention[1]",
+                                                              "attention[pool]")} | {"centre"}
+        assert all(a in labels and b in labels for a, b in st.primary + st.secondary), st.name
+    with pytest.raises(ValueError, match="unknown localisation study 'nope'"):
+        localise.study_points("nope")
+
+
+def test_a_setting_the_grid_lacks_is_an_error(monkeypatch):
+    bad = localise.LocalisationStudy("bad", "fast", "variants", ("none", "lite"), "?")
+    monkeypatch.setitem(localise.LOCALISATION_STUDIES, "bad", bad)
+    with pytest.raises(ValueError, match=r"has no setting \['lite'\]"):
+        localise.study_points("bad")
+
+
+def _small(cfg, run_dir):
+    return train_from_config({**cfg, "train_images": 16, "val_images": 8}, run_dir)
+
+
+def test_fast_study_end_to_end(tmp_path, capsys):
+    res, runs = tmp_path / "res", tmp_path / "runs"
+    rows = localise.run_study("fast", res, runs, seeds=[0, 1], train_fn=_small, progress=False, limit=6)
+    by = {}
+    for r in rows:
+        by.setdefault(r["setting"], set()).add(r["method"])
+    assert by == {"centre": {"centre"}, "none": {"gradcam"}, "dual": {"attention", "gradcam"}}
+    models = [r for r in rows if r["method"] != "centre"]
+    assert len(models) == 6 and all(r["eval_images"] == 6 and r["committed_mAP"] is None for r in models)
+    assert all(0 <= r["pointing"] <= 100 and 0 <= r["energy"] <= 100 and r["pairs"] > 0 for r in rows)
+    assert len({r["pointing_chance"] for r in rows}) == 1  # chance needs no model
+    assert all(r["model_mAP"] == json.loads((runs / r["run_id"] / "summary.json").read_text())["mAP"] for r in models)
+    calls = []
+    again = localise.run_study("fast", res, runs, seeds=[0, 1], progress=False, limit=6,
+                               train_fn=lambda cfg, d: calls.append(d))
+    assert calls == [] and len(again) == len(rows)  # every model scored already: nothing trained or scored
+    levels, comps = localise.write_report("fast", res, quiet=True)
+    assert {"centre (baseline)", "dual/attention", "none/gradcam"} <= set(levels["method"]) and \
+        levels["method"].str.startswith("chance").any()
+    prim = comps[comps["family"] == "primary"]
+    assert len(prim) == 2 and set(prim["metric"]) == {"pointing"} and prim["p (Holm)"].notna().all()
+    md = (res / "summary.md").read_text()
+    assert "| primary | pointing | dual/attention | centre | 2 |" in md and (res / "fig_pointing.png").exists()
+    fig = localise.maps_figure("fast", runs, seed=0, n_images=2)
+    assert len(fig.axes) == 2 * 4  # image, plain Grad-CAM, dual attention, dual Grad-CAM
+    assert localise.main(["--study", "fast", "--seeds", "0,1,2", "--results-dir", str(res), "--list"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert sum(line.startswith("scored") for line in out) == 4 and sum(line.startswith("todo") for line in out) == 2
+    assert localise.main(["--study", "fast", "--results-dir", str(tmp_path / "empty"), "--report-only"]) == 2
+    assert "no localisation rows" in capsys.readouterr().err
+
+
+def test_detector_study_scores_each_pyramid_level(tmp_path):
+    rows = localise.run_study("detection_fast", tmp_path / "res", tmp_path / "runs", seeds=[0], progress=False,
+                              limit=4, train_fn=_small)
+    methods = {(r["setting"], r["method"]) for r in rows}
+    assert ("dual", "attention") in methods and ("centre", "centre") in methods
+    levels = {m for s, m in methods if s == "fpn dual"}
+    assert {"attention[0]", "attention[1]"} <= levels and all(m.startswith("attention[") for m in levels)
