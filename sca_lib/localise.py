@@ -44,7 +44,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import pandas as pd
@@ -55,7 +55,10 @@ from .results import git_commit, load_results
 from .stats import holm, mean_ci, paired_difference, paired_p_value
 
 __all__ = ["LocalisationStudy", "LOCALISATION_STUDIES", "study_points", "run_study", "load_rows",
-           "summary_tables", "write_report", "setting_label", "main"]
+           "summary_tables", "write_report", "setting_label", "validation_split", "maps_figure", "plot_levels", "main"]
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .train import TrainConfig
 
 TrainFn = Callable[[Dict[str, Any], Path], Dict[str, Any]]
 
@@ -182,12 +185,25 @@ def load_rows(results_dir: Path) -> List[Dict[str, Any]]:
     return rows
 
 
-def _append(path: Path, row: Dict[str, Any]) -> None:
+def _scored(rows: List[Dict[str, Any]]) -> set:
+    """Run ids with a row for every method their model was scored with (``row["methods"]``)."""
+    found: Dict[str, set] = {}
+    wanted: Dict[str, set] = {}
+    for r in rows:
+        found.setdefault(r["run_id"], set()).add(r["method"])
+        wanted.setdefault(r["run_id"], set()).update(r.get("methods", [r["method"]]))
+    return {rid for rid, methods in found.items() if wanted[rid] <= methods}
+
+
+def _append(path: Path, rows: List[Dict[str, Any]]) -> None:
+    """Append a model's rows in one write (a kill leaves all of them or a partial last line, which
+    :func:`load_rows` skips; that model is then scored again)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     with file_lock(path, what=f"appending to {path}"):
         data = path.read_bytes() if path.exists() else b""
+        text = "".join(json.dumps(r, sort_keys=True) + "\n" for r in rows)
         with open(path, "a", encoding="utf-8") as f:
-            f.write(("\n" if data and not data.endswith(b"\n") else "") + json.dumps(row, sort_keys=True) + "\n")
+            f.write(("\n" if data and not data.endswith(b"\n") else "") + text)
             f.flush()
             os.fsync(f.fileno())
 
@@ -206,12 +222,14 @@ def _scores_row(scores: Dict[str, Any], scaled: float) -> Dict[str, Any]:
     }
 
 
-def _val_set(config: Dict[str, Any]):
-    """The validation split of a grid point's data as :class:`sca_lib.data.VOCDetection` (boxes, sizes)."""
+def validation_split(config: Union[Dict[str, Any], "TrainConfig"]):
+    """The validation split of a training config's data, as the localisation scores read it: a
+    :class:`sca_lib.data.VOCDetection` (images at their own size in [0, 1], boxes, labels,
+    ``difficult``), the synthetic devkit generated if missing. Returns ``(dataset, TrainConfig)``."""
     from .data import VOCDetection
     from .train import TrainConfig, _devkit_root
 
-    cfg = TrainConfig.from_dict(config)
+    cfg = config if isinstance(config, TrainConfig) else TrainConfig.from_dict(dict(config))
     ds = VOCDetection(_devkit_root(cfg, verbose=False), year="2012", split="val", skip_bad=cfg.dataset == "voc")
     return ds, cfg
 
@@ -226,12 +244,11 @@ def _method_name(map_key: str, n_maps: int) -> str:
 def _score_model(model, config: Dict[str, Any], dataset, limit: Optional[int], scaled: float,
                  progress: bool) -> Dict[str, Dict[str, Any]]:
     """``{method: scores}`` for one trained model (attention maps, and Grad-CAM for a classifier)."""
-    from .localisation import evaluate_classifier, evaluate_detector
-
     import torch
 
     from .attention import attention_modules
     from .data.transforms import classification_transforms
+    from .localisation import evaluate_classifier, evaluate_detector
     from .maps import attention_maps, detector_attention_maps
 
     extra = (scaled,)
@@ -281,13 +298,13 @@ def run_study(name: str, results_dir: Optional[Path] = None, runs_dir: Optional[
     i, n = shard
     points = [p for k, p in enumerate(study_points(name, seeds)) if k % n == i]
     out_file = _rows_file(results_dir, shard)
-    done = {r["run_id"] for r in load_rows(results_dir)}
+    done = _scored(load_rows(results_dir))
     todo = [p for p in points if p["run_id"] not in done]
     print(f"localisation study {name!r}: {len(points)} models in this shard ({i}/{n}), {len(points) - len(todo)} "
           f"already scored in {results_dir}, {len(todo)} to score; runs under {runs_dir}", flush=True)
     if not points:
         return load_rows(results_dir)
-    dataset, _ = _val_set(points[0]["config"])
+    dataset, _ = validation_split(points[0]["config"])
     m = len(dataset) if limit is None else min(int(limit), len(dataset))
     sizes = [tuple(dataset[k][0].shape[-2:]) for k in range(m)]
     scaled = round(scaled_tolerance(sizes), 1)
@@ -301,9 +318,9 @@ def run_study(name: str, results_dir: Optional[Path] = None, runs_dir: Optional[
             centre = centre_map(sizes[k])
             items.append(({int(c) - 1: centre for c in t["labels"]}, t))
         scores = localisation_scores(items, len(dataset.classes), 15, (scaled,))
-        _append(out_file, {**base, "run_id": "centre", "method": "centre", "setting": "centre", "seed": None,
-                           **_scores_row(scores, scaled),
-                           "finished_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")})
+        _append(out_file, [{**base, "run_id": "centre", "method": "centre", "setting": "centre", "seed": None,
+                            **_scores_row(scores, scaled),
+                            "finished_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}])
     bar = tqdm(total=len(points), initial=len(points) - len(todo), desc=f"localise[{name}]", unit="model",
                disable=not progress, dynamic_ncols=True)
     for p in todo:
@@ -328,8 +345,8 @@ def run_study(name: str, results_dir: Optional[Path] = None, runs_dir: Optional[
             print(f"warning: run {p['run_id']} ({p['setting']} seed {cfg['seed']}) has val mAP {saved['mAP']:.6f}, the "
                   f"committed row in results/{st.grid}/ says {committed['mAP']:.6f}: the model is not the one the "
                   f"study measured (another stand-in build or code); the row records both", file=sys.stderr, flush=True)
-        for method, scores in results.items():
-            _append(out_file, {**info, "method": method, **_scores_row(scores, scaled)})
+        info["methods"] = sorted(results)
+        _append(out_file, [{**info, "method": method, **_scores_row(scores, scaled)} for method, scores in results.items()])
         bar.update(1)
     bar.close()
     return load_rows(results_dir)
@@ -474,7 +491,7 @@ def maps_figure(name: str, runs_dir: Optional[Path] = None, seed: int = 0, n_ima
     runs_dir = Path(runs_dir) if runs_dir else _config.runs_dir(f"ablate/{st.grid}")
     points = study_points(name, [seed])
     models = {p["setting"]: load_trained(runs_dir / p["run_id"]) for p in points}
-    dataset, _ = _val_set(points[0]["config"])
+    dataset, _ = validation_split(points[0]["config"])
     picks = [k for k in range(len(dataset)) if len(set(dataset[k][1]["labels"].tolist())) >= 2][:n_images]
     rows = []
     for k in picks:
@@ -602,7 +619,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     results_dir = a.results_dir or _config.results_dir(f"localisation/{a.study}")
     try:
         if a.list:
-            done = {r["run_id"] for r in load_rows(results_dir)}
+            done = _scored(load_rows(results_dir))
             for p in study_points(a.study, seeds):
                 print(f"{'scored' if p['run_id'] in done else 'todo':6s} {p['run_id']} {p['setting']} seed={p['config']['seed']}")
             return 0

@@ -54,6 +54,17 @@ def test_fast_study_end_to_end(tmp_path, capsys):
     again = localise.run_study("fast", res, runs, seeds=[0, 1], progress=False, limit=6,
                                train_fn=lambda cfg, d: calls.append(d))
     assert calls == [] and len(again) == len(rows)  # every model scored already: nothing trained or scored
+    # a kill in the middle of a model's rows: the complete lines stay, the partial one is skipped and
+    # that model is scored again (from its finished run, not retrained)
+    f = res / "rows.jsonl"
+    lines = f.read_text().splitlines(keepends=True)
+    f.write_text("".join(lines[:-1]) + lines[-1][:40])
+    assert len(localise.load_rows(res)) == len(rows) - 1
+    capsys.readouterr()
+    healed = localise.run_study("fast", res, runs, seeds=[0, 1], progress=False, limit=6, train_fn=_small)
+    assert "not a localisation row" in capsys.readouterr().err
+    assert sorted((r["run_id"], r["method"], r["pointing"]) for r in healed) == \
+        sorted((r["run_id"], r["method"], r["pointing"]) for r in rows)
     levels, comps = localise.write_report("fast", res, quiet=True)
     assert {"centre (baseline)", "dual/attention", "none/gradcam"} <= set(levels["method"]) and \
         levels["method"].str.startswith("chance").any()
