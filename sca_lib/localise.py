@@ -388,6 +388,8 @@ def summary_tables(rows: List[Dict[str, Any]], study: LocalisationStudy) -> Tupl
             vals = _per_seed(rows, metric).get(lab, {})
             mean, lo, hi, k = mean_ci(list(vals.values()))
             entry.update({metric: mean, f"{metric} lo": lo, f"{metric} hi": hi, "n seeds": k})
+        mine = [r for r in rows if _label(r) == lab]
+        entry["flat maps (%)"] = 100 * float(np.mean([r.get("flat_maps", 0) / r["pairs"] for r in mine]))
         level_rows.append(entry)
     centre = next((r for r in rows if r["method"] == "centre"), None)
     if centre:
@@ -408,10 +410,18 @@ def summary_tables(rows: List[Dict[str, Any]], study: LocalisationStudy) -> Tupl
                               "n seeds": k, "p": paired_p_value(per[a], per[b])})
     comparisons = pd.DataFrame(comps, columns=["family", "metric", "a", "b", "diff", "lo", "hi", "n seeds", "p"])
     comparisons["p (Holm)"] = np.nan
+    comparisons["lo (Bonferroni)"] = np.nan
+    comparisons["hi (Bonferroni)"] = np.nan
     for fam in ("primary", "secondary"):
         sel = comparisons["family"] == fam
         if sel.any():
             comparisons.loc[sel, "p (Holm)"] = holm(comparisons.loc[sel, "p"].tolist())
+            level = 1 - 0.05 / int(sel.sum())  # the family's simultaneous interval
+            for i in comparisons.index[sel]:
+                r = comparisons.loc[i]
+                per = _per_seed(rows, r["metric"])
+                _, lo, hi, _ = paired_difference(per[r["a"]], per[r["b"]], level)
+                comparisons.loc[i, ["lo (Bonferroni)", "hi (Bonferroni)"]] = lo, hi
     comparisons["significant"] = np.where(comparisons["p (Holm)"] < 0.05, "yes", "no")
     return levels, comparisons
 
@@ -427,7 +437,8 @@ def _p(v: float) -> str:
 
 
 def _levels_md(levels: pd.DataFrame) -> str:
-    head = "| method | n seeds | " + " | ".join(METRICS.values()) + " |\n|---|---|" + "---|" * len(METRICS) + "\n"
+    head = ("| method | n seeds | " + " | ".join(METRICS.values()) + " | flat maps (%) |\n|---|---|"
+            + "---|" * (len(METRICS) + 1) + "\n")
     body = []
     for _, r in levels.iterrows():
         cells = []
@@ -436,16 +447,18 @@ def _levels_md(levels: pd.DataFrame) -> str:
             ci = f" [{_fmt(lo)}, {_fmt(hi)}]" if isinstance(lo, float) and np.isfinite(lo) else ""
             cells.append(_fmt(r[m]) + ci)
         n = r.get("n seeds")
+        cells.append(_fmt(r.get("flat maps (%)")))
         body.append(f"| {r['method']} | {'' if n is None or not np.isfinite(n) else int(n)} | " + " | ".join(cells) + " |")
     return head + "\n".join(body) + "\n"
 
 
 def _comparisons_md(comps: pd.DataFrame) -> str:
-    head = ("| family | metric | a | b | n seeds | a - b (points) | 95% CI | p | p (Holm) | significant |\n"
-            "|---|---|---|---|---|---|---|---|---|---|\n")
+    head = ("| family | metric | a | b | n seeds | a - b (points) | 95% CI | diff CI (Bonferroni) | p | p (Holm) "
+            "| significant |\n|---|---|---|---|---|---|---|---|---|---|---|\n")
     return head + "\n".join(
         f"| {r['family']} | {r['metric']} | {r['a']} | {r['b']} | {int(r['n seeds'])} | {r['diff']:+.1f} | "
-        f"[{_fmt(r['lo'])}, {_fmt(r['hi'])}] | {_p(r['p'])} | {_p(r['p (Holm)'])} | {r['significant']} |"
+        f"[{_fmt(r['lo'])}, {_fmt(r['hi'])}] | [{_fmt(r['lo (Bonferroni)'])}, {_fmt(r['hi (Bonferroni)'])}] | "
+        f"{_p(r['p'])} | {_p(r['p (Holm)'])} | {r['significant']} |"
         for _, r in comps.iterrows()) + "\n"
 
 
@@ -458,10 +471,13 @@ def plot_levels(rows: List[Dict[str, Any]], title: str = ""):
     centre = next((r for r in rows if r["method"] == "centre"), None)
     fig, axes = plt.subplots(1, len(METRICS), figsize=(3.6 * len(METRICS), 0.45 * df["method"].nunique() + 2.2),
                              sharey=True, squeeze=False)
+    order = list(dict.fromkeys(df["method"]))
     for ax, (m, heading) in zip(axes[0], METRICS.items()):
-        sns.stripplot(data=df, x=m, y="method", ax=ax, color="0.25", size=4, jitter=0.15)
-        sns.pointplot(data=df, x=m, y="method", ax=ax, errorbar=("ci", 95), linestyle="none", color="C0",
-                      markers="D", markersize=5)
+        sns.stripplot(data=df, x=m, y="method", order=order, ax=ax, color="0.25", size=4, jitter=0.15)
+        for k, lab in enumerate(order):  # the tables' t-interval, not seaborn's bootstrap
+            mean, lo, hi, _ = mean_ci(df.loc[df["method"] == lab, m].tolist())
+            ax.errorbar(mean, k, xerr=[[mean - lo], [hi - mean]] if np.isfinite(lo) else None, fmt="D",
+                        color="C0", ms=6, lw=2.5, capsize=0, zorder=3)
         ax.axvline(rows[0][_CHANCE[m]], color="0.5", ls=":", label="chance")
         if centre:
             ax.axvline(centre[m], color="C3", ls="--", label="centre")
@@ -522,9 +538,8 @@ def maps_figure(name: str, runs_dir: Optional[Path] = None, seed: int = 0, n_ima
     fig, axes = plt.subplots(len(rows), ncol, figsize=(2.4 * ncol, 2.5 * len(rows)), squeeze=False)
     for r, (img, target, panels) in enumerate(rows):
         plot_overlays(img, panels, target, classes=dataset.classes, axes=axes[r], colorbar=False)
-        if r:
-            for ax, title in zip(axes[r][1:], panels):
-                ax.set_title("")
+        for ax in axes[r]:
+            ax.title.set_fontsize(8)
     fig.suptitle(f"localisation study {name}: seed {seed}'s trained maps on validation images\n(boxes: ground "
                  f"truth, dashed: difficult; each map on its own colour scale, its range printed)", fontsize=9)
     fig.tight_layout()
@@ -560,9 +575,11 @@ def write_report(name: str, results_dir: Optional[Path] = None, figures: bool = 
         f"boxes (chance: the boxes' share of the image). Mean over seeds with a 95 % t-interval; the centre "
         f"baseline and chance need no model (one value).\n\n",
         _levels_md(levels),
-        "\nComparisons declared before the study ran (`a - b`, paired by seed). Primary: Holm over the primary "
-        "family on the 15-px pointing game; every other comparison and metric: Holm over the second family. "
-        "`significant` means `p (Holm)` < 0.05.\n\n",
+        "\n`flat maps`: the share of (image, class) pairs whose map is constant (a Grad-CAM whose weighted sum is "
+        "negative everywhere is all zeros after its ReLU); a flat map points at the top-left pixel and misses "
+        "unless a box lies within 15 px of it.\n\nComparisons declared before the study ran (`a - b`, paired by seed). Primary: Holm over the "
+        "primary family on the 15-px pointing game; every other comparison and metric: Holm over the second family. "
+        "`significant` means `p (Holm)` < 0.05; `diff CI (Bonferroni)` is the family's simultaneous interval.\n\n",
         _comparisons_md(comps),
     ]
     atomic_write_text(results_dir / "summary.md", "".join(lines))
@@ -571,7 +588,7 @@ def write_report(name: str, results_dir: Optional[Path] = None, figures: bool = 
     if figures:
         import matplotlib.pyplot as plt
 
-        fig = plot_levels(rows, f"localisation study {name}: per seed (dots), mean and 95 % CI (diamonds)")
+        fig = plot_levels(rows, f"localisation study {name}: per seed (dots), mean and 95 % t-interval (diamonds)")
         fig.savefig(results_dir / "fig_pointing.png", dpi=110)
         plt.close(fig)
     if not quiet:
