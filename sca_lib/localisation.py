@@ -35,7 +35,8 @@ import numpy as np
 import torch
 
 __all__ = ["box_mask", "peak", "pointing_hit", "pointing_chance", "energy_inside", "centre_map", "is_difficult_pair",
-           "PointingGame", "localisation_scores", "METHODS", "evaluate_classifier", "evaluate_detector",
+           "PointingGame", "LocalisationScorer", "localisation_scores", "METHODS", "evaluate_classifier",
+           "evaluate_detector",
            "VOC_DIAGONAL", "scaled_tolerance"]
 
 #: The diagonal in pixels of VOC2012's most common image size (500 x 375), the images TorchRay's
@@ -210,35 +211,25 @@ def _class_mean(sums: np.ndarray) -> float:
     return float(np.mean(sums[seen, 0] / sums[seen, 1])) if seen.any() else float("nan")
 
 
-def localisation_scores(items: Iterable[Tuple[Dict[int, ArrayLike], Dict[str, Any]]], num_classes: int,
-                        tolerance: float = 15, extra_tolerances: Sequence[float] = ()) -> Dict[str, Any]:
-    """Pointing game (all and difficult) and energy share over a split.
+class LocalisationScorer:
+    """Accumulates the scores of :func:`localisation_scores` one image at a time (nothing of the
+    maps is kept, so a whole split streams through in constant memory); :meth:`result` gives them."""
 
-    ``items`` yields ``(maps, target)`` per image: ``maps`` maps a 0-based class index to that
-    class's saliency map ``(H, W)`` in the image's pixels (one map for every class present, or the
-    same map under every class for a class-agnostic attention map); ``target`` holds ``boxes``
-    ``(K, 4)`` xyxy, ``labels`` ``(K,)`` **1-based** (as the detection loaders give them) and
-    optionally ``difficult`` ``(K,)``.
+    def __init__(self, num_classes: int, tolerance: float = 15, extra_tolerances: Sequence[float] = ()) -> None:
+        self.num_classes, self.tolerance = int(num_classes), float(tolerance)
+        self.all_game = PointingGame(num_classes, tolerance)
+        self.hard_game = PointingGame(num_classes, tolerance)
+        self.sharp_game = PointingGame(num_classes, tolerance)  # pairs whose map is not flat
+        self.extra = {float(t): PointingGame(num_classes, t) for t in extra_tolerances}
+        self.chance_all = np.zeros((num_classes, 2))  # per class: sum of pair chances, pairs
+        self.chance_hard = np.zeros((num_classes, 2))
+        self.chance_extra = {t: np.zeros((num_classes, 2)) for t in self.extra}
+        self.energies: List[float] = []
+        self.areas: List[float] = []
+        self.skipped = self.flat = 0
 
-    Returns ``{"pointing": accuracy, "pointing_difficult": accuracy, "pointing_per_class",
-    "pairs", "pairs_difficult", "skipped_difficult", "energy": mean energy share,
-    "area": mean area share, "energy_over_area": mean of the per-pair ratio,
-    "pointing_chance", "pointing_difficult_chance", "flat_maps"}``: ``flat_maps`` counts the pairs
-    whose map is constant (it points at the top-left pixel, as TorchRay's argmax would); the chance keys are what a uniformly random
-    point scores (:func:`pointing_chance` per pair, averaged like the game: per class, then over
-    classes). Each of ``extra_tolerances`` ``t`` adds ``"pointing@<t>px"`` and
-    ``"pointing_chance@<t>px"`` (all pairs) with that tolerance.
-    """
-    all_game = PointingGame(num_classes, tolerance)
-    hard_game = PointingGame(num_classes, tolerance)
-    extra = {float(t): (PointingGame(num_classes, t), PointingGame(num_classes, t)) for t in extra_tolerances}
-    chance_all = np.zeros((num_classes, 2))  # per class: sum of pair chances, pairs
-    chance_hard = np.zeros((num_classes, 2))
-    chance_extra = {t: np.zeros((num_classes, 2)) for t in extra}
-    energies: List[float] = []
-    areas: List[float] = []
-    skipped = flat = 0
-    for maps, target in items:
+    def add(self, maps: Dict[int, ArrayLike], target: Dict[str, Any]) -> None:
+        """Score one image: ``maps`` and ``target`` as in :func:`localisation_scores`."""
         boxes = _np(target["boxes"]).reshape(-1, 4)
         labels = _np(target["labels"]).reshape(-1).astype(int)
         difficult = _np(target.get("difficult", np.zeros(len(labels), dtype=bool))).reshape(-1).astype(bool)
@@ -249,38 +240,72 @@ def localisation_scores(items: Iterable[Tuple[Dict[int, ArrayLike], Dict[str, An
                                f"maps has {sorted(maps)}")
             sel = labels == label
             if difficult[sel].all():
-                skipped += 1
+                self.skipped += 1
                 continue
             s = _check_map(maps[cls], f"the map of class {cls}")
-            flat += int(s.max() == s.min())
+            flat = bool(s.max() == s.min())
+            self.flat += int(flat)
             mask = box_mask(boxes[sel], s.shape)
-            hit = all_game.evaluate(s, mask, cls)
-            p = pointing_chance(mask, tolerance)
-            chance_all[cls] += (p, 1)
+            hit = self.all_game.evaluate(s, mask, cls)
+            if not flat:
+                self.sharp_game.add(cls, hit)
+            p = pointing_chance(mask, self.tolerance)
+            self.chance_all[cls] += (p, 1)
             if is_difficult_pair(boxes, labels, label, s.shape):
-                hard_game.add(cls, hit)
-                chance_hard[cls] += (p, 1)
-            for t, (game, _) in extra.items():
+                self.hard_game.add(cls, hit)
+                self.chance_hard[cls] += (p, 1)
+            for t, game in self.extra.items():
                 game.evaluate(s, mask, cls)
-                chance_extra[t][cls] += (pointing_chance(mask, t), 1)
+                self.chance_extra[t][cls] += (pointing_chance(mask, t), 1)
             e, a = energy_inside(s, mask)
-            energies.append(e)
-            areas.append(a)
-    ratio = [e / a for e, a in zip(energies, areas) if a > 0]
-    extra_keys: Dict[str, float] = {}
-    for t, (game, _) in extra.items():
-        extra_keys[f"pointing@{t:g}px"] = game.accuracy
-        extra_keys[f"pointing_chance@{t:g}px"] = _class_mean(chance_extra[t])
-    return {
-        "pointing_chance": _class_mean(chance_all), "pointing_difficult_chance": _class_mean(chance_hard),
-        **extra_keys,
-        "pointing": all_game.accuracy, "pointing_difficult": hard_game.accuracy,
-        "pointing_per_class": all_game.class_accuracies.tolist(),
-        "pairs": all_game.pairs, "pairs_difficult": hard_game.pairs, "skipped_difficult": skipped, "flat_maps": flat,
-        "energy": float(np.mean(energies)) if energies else float("nan"),
-        "area": float(np.mean(areas)) if areas else float("nan"),
-        "energy_over_area": float(np.mean(ratio)) if ratio else float("nan"),
-    }
+            self.energies.append(e)
+            self.areas.append(a)
+
+    def result(self) -> Dict[str, Any]:
+        ratio = [e / a for e, a in zip(self.energies, self.areas) if a > 0]
+        extra_keys: Dict[str, float] = {}
+        for t, game in self.extra.items():
+            extra_keys[f"pointing@{t:g}px"] = game.accuracy
+            extra_keys[f"pointing_chance@{t:g}px"] = _class_mean(self.chance_extra[t])
+        return {
+            "pointing_chance": _class_mean(self.chance_all), "pointing_difficult_chance": _class_mean(self.chance_hard),
+            **extra_keys,
+            "pointing": self.all_game.accuracy, "pointing_difficult": self.hard_game.accuracy,
+            "pointing_not_flat": self.sharp_game.accuracy,
+            "pointing_per_class": self.all_game.class_accuracies.tolist(),
+            "pairs": self.all_game.pairs, "pairs_difficult": self.hard_game.pairs, "skipped_difficult": self.skipped,
+            "flat_maps": self.flat,
+            "energy": float(np.mean(self.energies)) if self.energies else float("nan"),
+            "area": float(np.mean(self.areas)) if self.areas else float("nan"),
+            "energy_over_area": float(np.mean(ratio)) if ratio else float("nan"),
+        }
+
+
+def localisation_scores(items: Iterable[Tuple[Dict[int, ArrayLike], Dict[str, Any]]], num_classes: int,
+                        tolerance: float = 15, extra_tolerances: Sequence[float] = ()) -> Dict[str, Any]:
+    """Pointing game (all and difficult) and energy share over a split.
+
+    ``items`` yields ``(maps, target)`` per image: ``maps`` maps a 0-based class index to that
+    class's saliency map ``(H, W)`` in the image's pixels (one map for every class present, or the
+    same map under every class for a class-agnostic attention map); ``target`` holds ``boxes``
+    ``(K, 4)`` xyxy, ``labels`` ``(K,)`` **1-based** (as the detection loaders give them) and
+    optionally ``difficult`` ``(K,)``. A generator streams (:class:`LocalisationScorer`).
+
+    Returns ``{"pointing": accuracy, "pointing_difficult": accuracy, "pointing_per_class",
+    "pairs", "pairs_difficult", "skipped_difficult", "energy": mean energy share,
+    "area": mean area share, "energy_over_area": mean of the per-pair ratio,
+    "pointing_chance", "pointing_difficult_chance", "flat_maps", "pointing_not_flat"}``:
+    ``flat_maps`` counts the pairs whose map is constant (it points at the top-left pixel, as
+    TorchRay's argmax would, and scores the area share as energy); ``pointing_not_flat`` is the game
+    over the other pairs only (a sensitivity check for methods with many flat maps); the chance keys
+    are what a uniformly random point scores (:func:`pointing_chance` per pair, averaged like the
+    game: per class, then over classes). Each of ``extra_tolerances`` ``t`` adds
+    ``"pointing@<t>px"`` and ``"pointing_chance@<t>px"`` (all pairs) with that tolerance.
+    """
+    scorer = LocalisationScorer(num_classes, tolerance, extra_tolerances)
+    for maps, target in items:
+        scorer.add(maps, target)
+    return scorer.result()
 
 
 def evaluate_classifier(model: torch.nn.Module, dataset: Any, image_size: int,
@@ -314,7 +339,7 @@ def evaluate_classifier(model: torch.nn.Module, dataset: Any, image_size: int,
     num_classes = len(classes) if classes else 20
     prep = classification_transforms(image_size, normalize=True)  # the training pipeline, on a float image
     n = len(dataset) if limit is None else min(int(limit), len(dataset))
-    items: Dict[str, List[Tuple[Dict[int, ArrayLike], Dict[str, Any]]]] = {m: [] for m in methods}
+    scorers = {m: LocalisationScorer(num_classes, tolerance, extra_tolerances) for m in methods}
     batches = range(0, n, batch_size)
     if progress:
         from tqdm.auto import tqdm
@@ -330,16 +355,16 @@ def evaluate_classifier(model: torch.nn.Module, dataset: Any, image_size: int,
             maps = attention_maps(model, x, sizes)
             name = _pick_module([k for k, v in maps.items() if v["spatial"] is not None], module)
             for i, t in enumerate(targets):
-                items["attention"].append(({c: maps[name]["spatial"][i] for c in present[i]}, t))
+                scorers["attention"].add({c: maps[name]["spatial"][i] for c in present[i]}, t)
         if "gradcam" in methods:
             cams = gradcam_maps(model, x, present, sizes=sizes)
             for i, t in enumerate(targets):
-                items["gradcam"].append((cams[i], t))
+                scorers["gradcam"].add(cams[i], t)
         if "centre" in methods:
             for i, t in enumerate(targets):
                 centre = centre_map(sizes[i])
-                items["centre"].append(({c: centre for c in present[i]}, t))
-    return {m: localisation_scores(items[m], num_classes, tolerance, extra_tolerances) for m in methods}
+                scorers["centre"].add({c: centre for c in present[i]}, t)
+    return {m: sc.result() for m, sc in scorers.items()}
 
 
 def _pick_module(names: Sequence[str], module: Optional[str]) -> str:
@@ -373,7 +398,7 @@ def evaluate_detector(model: torch.nn.Module, dataset: Any, methods: Sequence[st
     classes = getattr(dataset, "classes", None)
     num_classes = len(classes) if classes else 20
     n = len(dataset) if limit is None else min(int(limit), len(dataset))
-    items: Dict[str, List[Tuple[Dict[int, ArrayLike], Dict[str, Any]]]] = {m: [] for m in methods}
+    scorers = {m: LocalisationScorer(num_classes, tolerance, extra_tolerances) for m in methods}
     batches = range(0, n, batch_size)
     if progress:
         from tqdm.auto import tqdm
@@ -388,9 +413,9 @@ def evaluate_detector(model: torch.nn.Module, dataset: Any, methods: Sequence[st
             maps = detector_attention_maps(model, images)
             name = _pick_module([k for k, v in maps.items() if v["spatial"] is not None], module)
             for i, t in enumerate(targets):
-                items["attention"].append(({c: maps[name]["spatial"][i] for c in present[i]}, t))
+                scorers["attention"].add({c: maps[name]["spatial"][i] for c in present[i]}, t)
         if "centre" in methods:
             for i, t in enumerate(targets):
                 centre = centre_map(tuple(images[i].shape[-2:]))
-                items["centre"].append(({c: centre for c in present[i]}, t))
-    return {m: localisation_scores(items[m], num_classes, tolerance, extra_tolerances) for m in methods}
+                scorers["centre"].add({c: centre for c in present[i]}, t)
+    return {m: sc.result() for m, sc in scorers.items()}

@@ -37,6 +37,7 @@ second family.
 from __future__ import annotations
 
 import argparse
+import math
 import datetime as _dt
 import json
 import os
@@ -119,11 +120,12 @@ LOCALISATION_STUDIES: Dict[str, LocalisationStudy] = {s.name: s for s in (
 #: The metrics of every row, in the report's order, with their headings.
 METRICS = {
     "pointing": "pointing game, 15 px (%)",
+    "pointing_not_flat": "pointing game, 15 px, pairs whose map is not flat (%)",
     "pointing_scaled": "pointing game, tolerance scaled to the image size (%)",
     "pointing_difficult": "pointing game, difficult subset, 15 px (%)",
     "energy": "energy inside the boxes (%)",
 }
-_CHANCE = {"pointing": "pointing_chance", "pointing_scaled": "pointing_scaled_chance",
+_CHANCE = {"pointing": "pointing_chance", "pointing_not_flat": "pointing_chance", "pointing_scaled": "pointing_scaled_chance",
            "pointing_difficult": "pointing_difficult_chance", "energy": "area"}
 
 
@@ -214,7 +216,7 @@ def _scores_row(scores: Dict[str, Any], scaled: float) -> Dict[str, Any]:
     return {
         "pointing": 100 * scores["pointing"], "pointing_chance": 100 * scores["pointing_chance"],
         "pointing_scaled": 100 * scores[key], "pointing_scaled_chance": 100 * scores[f"pointing_chance@{scaled:g}px"],
-        "pointing_difficult": 100 * scores["pointing_difficult"],
+        "pointing_difficult": 100 * scores["pointing_difficult"], "pointing_not_flat": 100 * scores["pointing_not_flat"],
         "pointing_difficult_chance": 100 * scores["pointing_difficult_chance"],
         "energy": 100 * scores["energy"], "area": 100 * scores["area"], "energy_over_area": scores["energy_over_area"],
         "pairs": scores["pairs"], "pairs_difficult": scores["pairs_difficult"],
@@ -280,14 +282,15 @@ def _committed_row(grid: str, run_id: str) -> Optional[Dict[str, Any]]:
 def run_study(name: str, results_dir: Optional[Path] = None, runs_dir: Optional[Path] = None,
               shard: Tuple[int, int] = (0, 1), seeds: Optional[Sequence[int]] = None,
               train_fn: Optional[TrainFn] = None, progress: bool = True,
-              limit: Optional[int] = None) -> List[Dict[str, Any]]:
+              limit: Optional[int] = None, allow_mismatch: bool = False) -> List[Dict[str, Any]]:
     """Score this shard's models of study ``name`` that are not scored yet (training those not
     trained); returns every row in ``results_dir``. ``train_fn(config, run_dir)`` trains a grid
     point into its folder (default the ablation runner's); ``limit`` overrides the study's number
-    of validation images."""
+    of validation images. A rebuilt model whose validation mAP differs from the grid's committed
+    row is an error (nothing is scored for it) unless ``allow_mismatch``."""
     from tqdm.auto import tqdm
 
-    from .localisation import centre_map, localisation_scores, scaled_tolerance
+    from .localisation import LocalisationScorer, centre_map, scaled_tolerance
     from .train import load_trained, train_from_config
 
     st = _study(name)
@@ -308,16 +311,22 @@ def run_study(name: str, results_dir: Optional[Path] = None, runs_dir: Optional[
     m = len(dataset) if limit is None else min(int(limit), len(dataset))
     sizes = [tuple(dataset[k][0].shape[-2:]) for k in range(m)]
     scaled = round(scaled_tolerance(sizes), 1)
+    old_rows = load_rows(results_dir)
+    other = sorted({(r["eval_images"], r["scaled_tolerance"]) for r in old_rows} - {(m, scaled)})
+    if other:
+        raise ValueError(f"{results_dir} holds rows scored on {other[0][0]} images (scaled tolerance {other[0][1]} px), "
+                         f"this call scores {m} ({scaled} px); they cannot share one report: pass another "
+                         f"--results-dir (or the same --limit as before)")
     commit = git_commit()
     base = {"study": name, "grid": st.grid, "eval_images": m, "tolerance": 15.0, "scaled_tolerance": scaled,
             "git_commit": commit, "host": {"cpus": os.cpu_count(), "platform": sys.platform}}
     if "centre" not in done and i == 0:
-        items = []
+        scorer = LocalisationScorer(len(dataset.classes), 15, (scaled,))
         for k in range(m):
             _, t = dataset[k]
             centre = centre_map(sizes[k])
-            items.append(({int(c) - 1: centre for c in t["labels"]}, t))
-        scores = localisation_scores(items, len(dataset.classes), 15, (scaled,))
+            scorer.add({int(c) - 1: centre for c in t["labels"]}, t)
+        scores = scorer.result()
         _append(out_file, [{**base, "run_id": "centre", "method": "centre", "setting": "centre", "seed": None,
                             **_scores_row(scores, scaled),
                             "finished_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}])
@@ -342,9 +351,15 @@ def run_study(name: str, results_dir: Optional[Path] = None, runs_dir: Optional[
             "finished_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         }
         if committed and not info["reproduced"]:
-            print(f"warning: run {p['run_id']} ({p['setting']} seed {cfg['seed']}) has val mAP {saved['mAP']:.6f}, the "
-                  f"committed row in results/{st.grid}/ says {committed['mAP']:.6f}: the model is not the one the "
-                  f"study measured (another stand-in build or code); the row records both", file=sys.stderr, flush=True)
+            msg = (f"run {p['run_id']} ({p['setting']} seed {cfg['seed']}) has validation mAP {saved['mAP']:.6f}, the "
+                   f"committed row in results/{st.grid}/ says {committed['mAP']:.6f}: this is not the model the study "
+                   f"measured (another stand-in build, thread count or code version)")
+            if not allow_mismatch:
+                raise RuntimeError(msg + "; nothing was scored for it. Rebuild the stand-in the study used (see "
+                                   f"results/{st.grid}/PROVENANCE.md), or pass allow_mismatch=True "
+                                   "(--allow-mismatch) to score it anyway, recorded as not reproduced")
+            print("warning: " + msg + "; scored anyway (--allow-mismatch), the rows record both", file=sys.stderr,
+                  flush=True)
         info["methods"] = sorted(results)
         _append(out_file, [{**info, "method": method, **_scores_row(scores, scaled)} for method, scores in results.items()])
         bar.update(1)
@@ -365,18 +380,42 @@ def _per_seed(rows: List[Dict[str, Any]], metric: str) -> Dict[str, Dict[int, fl
     out: Dict[str, Dict[int, float]] = {}
     seeds = sorted({r["seed"] for r in rows if r["seed"] is not None})
     for r in rows:
+        value = r.get(metric, float("nan"))  # rows from before a metric existed have none
         if r["method"] == "centre":
-            out["centre"] = {s: r[metric] for s in seeds}
+            out["centre"] = {s: value for s in seeds}
         else:
-            out.setdefault(_label(r), {})[int(r["seed"])] = r[metric]
+            out.setdefault(_label(r), {})[int(r["seed"])] = value
     return out
+
+
+def _check_rows(rows: List[Dict[str, Any]], study: LocalisationStudy) -> List[Dict[str, Any]]:
+    """The rows of ``study``'s own models (others are left out with a warning), checked to share one
+    evaluation set and to hold one model per (setting, seed)."""
+    ids = {p["run_id"] for p in study_points(study.name)} | {"centre"}
+    stray = sorted({r["run_id"] for r in rows} - ids)
+    if stray:
+        print(f"warning: rows of {len(stray)} runs that are not models of study {study.name!r} left out: {stray}",
+              file=sys.stderr)
+    rows = [r for r in rows if r["run_id"] in ids]
+    sets = sorted({(r["eval_images"], r["scaled_tolerance"]) for r in rows})
+    if len(sets) > 1:
+        raise ValueError(f"the rows were scored on different image sets (images, scaled tolerance): {sets}; "
+                         f"score them again into one results folder")
+    owner: Dict[Tuple[str, Any, str], str] = {}
+    for r in rows:
+        key = (r["setting"], r["seed"], r["method"])
+        if owner.setdefault(key, r["run_id"]) != r["run_id"]:
+            raise ValueError(f"two runs ({owner[key]}, {r['run_id']}) claim setting {r['setting']!r} seed {r['seed']}")
+    return rows
 
 
 def summary_tables(rows: List[Dict[str, Any]], study: LocalisationStudy) -> Tuple[pd.DataFrame, pd.DataFrame]:
     """``(levels, comparisons)``: each method's mean and 95 % t-interval per metric (with the chance
     level and the centre baseline), and the declared comparisons with paired differences, p-values
     and Holm's correction (primary family: the primary comparisons on ``pointing``; second family:
-    every other comparison and metric)."""
+    every other comparison and metric). Declared comparisons whose methods have no rows are listed
+    with ``n seeds`` 0 and no statistics (they are not part of any family)."""
+    rows = _check_rows(rows, study)
     level_rows = []
     chance_row: Dict[str, Any] = {"method": "chance (a random point; for energy: the boxes' area)"}
     for metric in METRICS:
@@ -404,6 +443,8 @@ def summary_tables(rows: List[Dict[str, Any]], study: LocalisationStudy) -> Tupl
             per = _per_seed(rows, metric)
             for a, b in pairs:
                 if a not in per or b not in per:
+                    comps.append({"family": "not scored", "metric": metric, "a": a, "b": b, "diff": np.nan,
+                                  "lo": np.nan, "hi": np.nan, "n seeds": 0, "p": np.nan})
                     continue
                 d, lo, hi, k = paired_difference(per[a], per[b])
                 comps.append({"family": family, "metric": metric, "a": a, "b": b, "diff": d, "lo": lo, "hi": hi,
@@ -416,20 +457,21 @@ def summary_tables(rows: List[Dict[str, Any]], study: LocalisationStudy) -> Tupl
         sel = comparisons["family"] == fam
         if sel.any():
             comparisons.loc[sel, "p (Holm)"] = holm(comparisons.loc[sel, "p"].tolist())
-            level = 1 - 0.05 / int(sel.sum())  # the family's simultaneous interval
+            level = 1 - 0.05 / int(comparisons.loc[sel, "p"].notna().sum() or 1)  # the family's simultaneous interval
             for i in comparisons.index[sel]:
                 r = comparisons.loc[i]
                 per = _per_seed(rows, r["metric"])
                 _, lo, hi, _ = paired_difference(per[r["a"]], per[r["b"]], level)
                 comparisons.loc[i, ["lo (Bonferroni)", "hi (Bonferroni)"]] = lo, hi
-    comparisons["significant"] = np.where(comparisons["p (Holm)"] < 0.05, "yes", "no")
+    comparisons["significant"] = np.where(comparisons["p (Holm)"] < 0.05, "yes",
+                                          np.where(comparisons["family"] == "not scored", "", "no"))
     return levels, comparisons
 
 
-def _fmt(v: Any, digits: int = 1) -> str:
+def _fmt(v: Any, digits: int = 1, sign: bool = False) -> str:
     if v is None or (isinstance(v, float) and not np.isfinite(v)):
         return ""
-    return f"{v:.{digits}f}"
+    return f"{v:+.{digits}f}" if sign else f"{v:.{digits}f}"
 
 
 def _p(v: float) -> str:
@@ -456,7 +498,7 @@ def _comparisons_md(comps: pd.DataFrame) -> str:
     head = ("| family | metric | a | b | n seeds | a - b (points) | 95% CI | diff CI (Bonferroni) | p | p (Holm) "
             "| significant |\n|---|---|---|---|---|---|---|---|---|---|---|\n")
     return head + "\n".join(
-        f"| {r['family']} | {r['metric']} | {r['a']} | {r['b']} | {int(r['n seeds'])} | {r['diff']:+.1f} | "
+        f"| {r['family']} | {r['metric']} | {r['a']} | {r['b']} | {int(r['n seeds'])} | {_fmt(r['diff'], sign=True)} | "
         f"[{_fmt(r['lo'])}, {_fmt(r['hi'])}] | [{_fmt(r['lo (Bonferroni)'])}, {_fmt(r['hi (Bonferroni)'])}] | "
         f"{_p(r['p'])} | {_p(r['p (Holm)'])} | {r['significant']} |"
         for _, r in comps.iterrows()) + "\n"
@@ -555,31 +597,45 @@ def write_report(name: str, results_dir: Optional[Path] = None, figures: bool = 
     if not [r for r in rows if r["method"] != "centre"]:
         raise FileNotFoundError(f"no localisation rows in {results_dir}; run `python -m sca_lib.localise --study {name}`")
     levels, comps = summary_tables(rows, st)
+    rows = _check_rows(rows, st)
     models = [r for r in rows if r["method"] != "centre"]
-    repro = [r for r in models if r.get("reproduced") is not None]
+    by_model = {r["run_id"]: r for r in models}
+    repro = [r for r in by_model.values() if r.get("reproduced") is not None]
     commits = sorted({r["git_commit"] for r in rows if r.get("git_commit")})
     any_row = models[0]
+    centre = next((r for r in rows if r["method"] == "centre"), None)
+    pairs = any_row["pairs"]
+    se = (100 * math.sqrt(centre["pointing"] / 100 * (1 - centre["pointing"] / 100) / pairs)) if centre else float("nan")
     lines = [
         f"# Localisation study `{name}`\n\n{st.question}.\n\n",
-        f"{len({r['run_id'] for r in models})} models (grid `{st.grid}`, study `{st.study}`, settings "
-        f"{', '.join(st.settings)}), scored on the first {any_row['eval_images']} validation images of their devkit; "
-        f"commits {', '.join(commits)}. Regenerate: `python -m sca_lib.localise --study {name}` (trains what is "
-        f"missing under runs/ablate/{st.grid}/), tables only: `--report-only`.\n\n",
-        f"Models rebuilt with the committed row's validation mAP: {sum(bool(r['reproduced']) for r in repro)} of "
-        f"{len(repro)} (model, method) rows with a committed row" + (
+        f"{len(by_model)} models (grid `{st.grid}`, study `{st.study}`, settings {', '.join(st.settings)}), scored on "
+        f"the first {any_row['eval_images']} validation images of their devkit: {pairs} (image, class) pairs, "
+        f"{any_row['pairs_difficult']} of them in the difficult subset, {any_row['skipped_difficult']} skipped "
+        f"(every box of the class `difficult`). Rows written at commits {', '.join(commits)}. Regenerate: "
+        f"`python -m sca_lib.localise --study {name}` (trains what is missing under runs/ablate/{st.grid}/), "
+        f"tables only: `--report-only`.\n\n",
+        f"Models rebuilt with exactly the validation mAP of their committed row (results/{st.grid}/): "
+        f"{sum(bool(r['reproduced']) for r in repro)} of {len(repro)}" + (
             "; **the others differ** (see `committed_mAP` in the rows)" if any(not r["reproduced"] for r in repro)
             else "") + ".\n\n",
-        f"Pointing game: a hit when the map's maximum lies within 15 px of a box of the class (TorchRay's rule); "
-        f"the scaled tolerance is {any_row['scaled_tolerance']:g} px, the same share of this split's median image "
-        f"diagonal as 15 px of VOC's 500 x 375 images. Energy: the share of the map's mass inside the class's "
-        f"boxes (chance: the boxes' share of the image). Mean over seeds with a 95 % t-interval; the centre "
-        f"baseline and chance need no model (one value).\n\n",
+        f"Pointing game: a hit when the map's maximum lies strictly within 15 px of a box of the class (TorchRay's "
+        f"rule); the scaled tolerance is {any_row['scaled_tolerance']:g} px, the same share of this split's median "
+        f"image diagonal as 15 px of VOC's 500 x 375 images. Energy: the share of the map's mass inside the class's "
+        f"boxes (chance: the boxes' share of the image). An attention map is class-agnostic (the same map scored "
+        f"under every class of its image); Grad-CAM has one map per class. Mean over seeds with a 95 % t-interval; "
+        f"the centre baseline and chance need no model (one value).\n\n",
         _levels_md(levels),
         "\n`flat maps`: the share of (image, class) pairs whose map is constant (a Grad-CAM whose weighted sum is "
-        "negative everywhere is all zeros after its ReLU); a flat map points at the top-left pixel and misses "
-        "unless a box lies within 15 px of it.\n\nComparisons declared before the study ran (`a - b`, paired by seed). Primary: Holm over the "
-        "primary family on the 15-px pointing game; every other comparison and metric: Holm over the second family. "
-        "`significant` means `p (Holm)` < 0.05; `diff CI (Bonferroni)` is the family's simultaneous interval.\n\n",
+        "negative everywhere is all zeros after its ReLU); a flat map points at the top-left pixel and misses unless "
+        "a box lies within 15 px of it, and its energy is the boxes' area share. The column *pairs whose map is not "
+        "flat* scores the game without them (a sensitivity check, not declared).\n\n"
+        "Comparisons declared before the study ran (`a - b`, paired by seed). Primary: Holm over the primary family on "
+        "the 15-px pointing game; every other comparison and metric: Holm over the second family. `significant` "
+        "means `p (Holm)` < 0.05; `diff CI (Bonferroni)` is the family's simultaneous interval. **What the intervals "
+        "cover**: the spread over training seeds, every seed scored on the same images; the images' own sampling "
+        f"error is not in them (for scale: a binomial standard error of {se:.1f} points for the centre's "
+        f"{centre['pointing'] if centre else float('nan'):.1f} % over {pairs} pairs), so a difference says what the "
+        "models do on these images, not on a new sample of images.\n\n",
         _comparisons_md(comps),
     ]
     atomic_write_text(results_dir / "summary.md", "".join(lines))
@@ -627,6 +683,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     ap.add_argument("--report-only", action="store_true", help="write the report from the rows; score nothing")
     ap.add_argument("--no-report", action="store_true", help="score only (e.g. one shard of several)")
     ap.add_argument("--list", action="store_true", help="list the study's models and which are scored")
+    ap.add_argument("--allow-mismatch", action="store_true",
+                    help="score a rebuilt model whose validation mAP differs from the grid's committed row")
     a = ap.parse_args(argv)
     try:
         shard = parse_shard(a.shard)
@@ -641,11 +699,11 @@ def main(argv: Optional[List[str]] = None) -> int:
                 print(f"{'scored' if p['run_id'] in done else 'todo':6s} {p['run_id']} {p['setting']} seed={p['config']['seed']}")
             return 0
         if not a.report_only:
-            run_study(a.study, results_dir, a.runs_dir, shard, seeds, limit=a.limit)
+            run_study(a.study, results_dir, a.runs_dir, shard, seeds, limit=a.limit, allow_mismatch=a.allow_mismatch)
         if not a.no_report:
             write_report(a.study, results_dir)
             _write_maps_figure(a.study, results_dir, a.runs_dir, seeds)
-    except (FileNotFoundError, ValueError) as e:
+    except (FileNotFoundError, ValueError, RuntimeError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     return 0

@@ -569,8 +569,10 @@ def load_trained(out_dir: Union[str, Path]) -> Tuple[nn.Module, Dict[str, Any]]:
     if cfg.task == "detection":
         from .detection import build_detector
 
+        det = dict(cfg.detector or {})
+        det.setdefault("frozen_bn", cfg.weights is not None or cfg.detector_weights is not None)  # as trained
         model = build_detector(cfg.backbone, attention=cfg.attention, fpn_attention=cfg.fpn_attention,
-                               num_classes=n + 1, weights_backbone=None, weights=None, **dict(cfg.detector or {}))
+                               num_classes=n + 1, weights_backbone=None, weights=None, **det)
     else:
         model = build_classifier(cfg.backbone, attention=cfg.attention, num_classes=n, weights=None)
     try:

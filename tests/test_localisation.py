@@ -168,6 +168,7 @@ def test_scores_add_chance_levels_extra_tolerances_and_count_flat_maps():
     r = localisation_scores([({0: near}, t), ({1: flat}, t2)], num_classes=3, extra_tolerances=(16,))
     assert r["pointing"] == 0.5 and r["pointing@16px"] == 1.0  # class 1 hits only at 16 px; class 2's flat map hits
     assert r["flat_maps"] == 1
+    assert r["pointing_not_flat"] == 0.0  # only class 1's map counts, and it misses at 15 px
     from sca_lib.localisation import pointing_chance
 
     p1 = pointing_chance(box_mask(mask_box, (40, 40)), 15)

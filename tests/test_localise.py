@@ -88,3 +88,40 @@ def test_detector_study_scores_each_pyramid_level(tmp_path):
     assert ("dual", "attention") in methods and ("centre", "centre") in methods
     levels = {m for s, m in methods if s == "fpn dual"}
     assert {"attention[0]", "attention[1]"} <= levels and all(m.startswith("attention[") for m in levels)
+
+
+def test_a_model_that_is_not_the_committed_one_is_refused(tmp_path, monkeypatch):
+    """A rebuilt model whose mAP differs from the grid's committed row is an error unless allowed;
+    rows scored on another image set cannot join a results folder."""
+    monkeypatch.setattr(localise, "_committed_row", lambda grid, run_id: {"mAP": 0.123456})
+    kw = dict(seeds=[0], progress=False, limit=4, train_fn=_small)
+    with pytest.raises(RuntimeError, match="not the model the study measured"):
+        localise.run_study("fast", tmp_path / "res", tmp_path / "runs", **kw)
+    assert not [r for r in localise.load_rows(tmp_path / "res") if r["method"] != "centre"]  # nothing scored
+    rows = localise.run_study("fast", tmp_path / "res", tmp_path / "runs", allow_mismatch=True, **kw)
+    models = [r for r in rows if r["method"] != "centre"]
+    assert models and all(r["reproduced"] is False and r["committed_mAP"] == 0.123456 for r in models)
+    with pytest.raises(ValueError, match="cannot share one report"):
+        localise.run_study("fast", tmp_path / "res", tmp_path / "runs", **{**kw, "limit": 5})
+
+
+def test_report_rows_belong_to_the_study_and_one_run_per_seed(tmp_path, capsys):
+    st = localise.LOCALISATION_STUDIES["fast"]
+    pts = localise.study_points("fast", [0, 1])
+    base = {"eval_images": 4, "scaled_tolerance": 1.0, "pairs": 5, "pairs_difficult": 1, "skipped_difficult": 0,
+            **{m: 50.0 for m in localise.METRICS}, "pointing_chance": 10.0, "pointing_scaled_chance": 5.0,
+            "pointing_difficult_chance": 10.0, "area": 5.0, "flat_maps": 0}
+    rows = [{**base, "run_id": "centre", "method": "centre", "setting": "centre", "seed": None}]
+    for p in pts:
+        rows.append({**base, "run_id": p["run_id"], "method": "gradcam", "setting": p["setting"],
+                     "seed": p["config"]["seed"]})
+    rows.append({**base, "run_id": "elsewhere", "method": "gradcam", "setting": "none", "seed": 0, "pointing": 0.0})
+    levels, comps = localise.summary_tables(rows, st)
+    assert "left out" in capsys.readouterr().err  # the stray run's row is not averaged in
+    assert levels.set_index("method").loc["none/gradcam", "pointing"] == 50.0
+    missing = comps[comps["family"] == "not scored"]  # no dual/attention rows: listed, outside every family
+    assert set(missing["a"]) == {"dual/attention"} and missing["p (Holm)"].isna().all()
+    twin = next(p for p in localise.study_points("fast", [0, 1, 2]) if p["config"]["seed"] == 2)
+    bad = rows[:-1] + [{**rows[1], "run_id": twin["run_id"]}]  # a second run claims none seed 0
+    with pytest.raises(ValueError, match="claim setting 'none' seed 0"):
+        localise.summary_tables(bad, st)
