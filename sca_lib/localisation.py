@@ -34,7 +34,7 @@ from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
 import numpy as np
 import torch
 
-__all__ = ["box_mask", "peak", "pointing_hit", "pointing_chance", "energy_inside", "centre_map", "is_difficult_pair",
+__all__ = ["box_mask", "peak", "pointing_hit", "pointing_chance", "is_flat", "energy_inside", "centre_map", "is_difficult_pair",
            "PointingGame", "LocalisationScorer", "localisation_scores", "METHODS", "evaluate_classifier",
            "evaluate_detector",
            "VOC_DIAGONAL", "scaled_tolerance"]
@@ -211,6 +211,15 @@ def _class_mean(sums: np.ndarray) -> float:
     return float(np.mean(sums[seen, 0] / sums[seen, 1])) if seen.any() else float("nan")
 
 
+def is_flat(saliency: ArrayLike, rtol: float = 1e-6) -> bool:
+    """True for a map with no usable peak: its range is at most ``rtol`` of its largest magnitude (an
+    all-zero Grad-CAM; a sigmoid gate saturated at 1 everywhere, where float32 leaves ~1e-7 of
+    noise). Its maximum is then wherever ``argmax``'s tie-breaking puts it (the first pixel)."""
+    s = _check_map(saliency)
+    top = float(np.abs(s).max())
+    return float(s.max() - s.min()) <= rtol * top
+
+
 class LocalisationScorer:
     """Accumulates the scores of :func:`localisation_scores` one image at a time (nothing of the
     maps is kept, so a whole split streams through in constant memory); :meth:`result` gives them."""
@@ -243,7 +252,7 @@ class LocalisationScorer:
                 self.skipped += 1
                 continue
             s = _check_map(maps[cls], f"the map of class {cls}")
-            flat = bool(s.max() == s.min())
+            flat = is_flat(s)
             self.flat += int(flat)
             mask = box_mask(boxes[sel], s.shape)
             hit = self.all_game.evaluate(s, mask, cls)
@@ -295,8 +304,8 @@ def localisation_scores(items: Iterable[Tuple[Dict[int, ArrayLike], Dict[str, An
     "pairs", "pairs_difficult", "skipped_difficult", "energy": mean energy share,
     "area": mean area share, "energy_over_area": mean of the per-pair ratio,
     "pointing_chance", "pointing_difficult_chance", "flat_maps", "pointing_not_flat"}``:
-    ``flat_maps`` counts the pairs whose map is constant (it points at the top-left pixel, as
-    TorchRay's argmax would, and scores the area share as energy); ``pointing_not_flat`` is the game
+    ``flat_maps`` counts the pairs whose map is flat (:func:`is_flat`: it points at the top-left
+    pixel, as TorchRay's argmax would, and scores about the area share as energy); ``pointing_not_flat`` is the game
     over the other pairs only (a sensitivity check for methods with many flat maps); the chance keys
     are what a uniformly random point scores (:func:`pointing_chance` per pair, averaged like the
     game: per class, then over classes). Each of ``extra_tolerances`` ``t`` adds

@@ -628,9 +628,10 @@ def write_report(name: str, results_dir: Optional[Path] = None, figures: bool = 
         f"under every class of its image); Grad-CAM has one map per class. Mean over seeds with a 95 % t-interval; "
         f"the centre baseline and chance need no model (one value).\n\n",
         _levels_md(levels),
-        "\n`flat maps`: the share of (image, class) pairs whose map is constant (a Grad-CAM whose weighted sum is "
-        "negative everywhere is all zeros after its ReLU); a flat map points at the top-left pixel and misses unless "
-        "a box lies within 15 px of it, and its energy is the boxes' area share. The column *pairs whose map is not "
+        "\n`flat maps`: the share of (image, class) pairs whose map is flat (`sca_lib.localisation.is_flat`: "
+        "its range under 1e-6 of its maximum, e.g. a Grad-CAM whose weighted sum is negative everywhere, all zeros "
+        "after its ReLU, or a gate saturated at 1 everywhere); a flat map points at the top-left pixel (argmax's "
+        "first pixel) and misses unless a box lies within 15 px of it, and its energy is about the boxes' area share. The column *pairs whose map is not "
         "flat* scores the game without them (a sensitivity check, not declared).\n\n"
         "Comparisons declared before the study ran (`a - b`, paired by seed). Primary: Holm over the primary family on "
         "the 15-px pointing game; every other comparison and metric: Holm over the second family. `significant` "

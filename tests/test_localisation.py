@@ -169,6 +169,12 @@ def test_scores_add_chance_levels_extra_tolerances_and_count_flat_maps():
     assert r["pointing"] == 0.5 and r["pointing@16px"] == 1.0  # class 1 hits only at 16 px; class 2's flat map hits
     assert r["flat_maps"] == 1
     assert r["pointing_not_flat"] == 0.0  # only class 1's map counts, and it misses at 15 px
+    from sca_lib.localisation import is_flat
+
+    saturated = np.ones((8, 8), dtype=np.float32)
+    saturated[3, 4] = np.float32(1) - np.float32(6e-8)  # a sigmoid gate at 1 everywhere, float32 noise
+    assert is_flat(np.zeros((4, 4))) and is_flat(saturated) and not is_flat(near)
+    assert not is_flat(np.where(np.arange(64).reshape(8, 8) > 3, 1.0, 0.999))  # a real, if small, dip
     from sca_lib.localisation import pointing_chance
 
     p1 = pointing_chance(box_mask(mask_box, (40, 40)), 15)
