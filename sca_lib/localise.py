@@ -56,7 +56,8 @@ from .results import git_commit, load_results
 from .stats import holm, mean_ci, paired_difference, paired_p_value
 
 __all__ = ["LocalisationStudy", "LOCALISATION_STUDIES", "study_points", "run_study", "load_rows",
-           "summary_tables", "write_report", "setting_label", "validation_split", "maps_figure", "plot_levels", "main"]
+           "summary_tables", "write_report", "setting_label", "validation_split", "maps_figure", "plot_levels",
+           "explained_variance", "channel_study", "main"]
 
 if TYPE_CHECKING:  # pragma: no cover
     from .train import TrainConfig
@@ -657,6 +658,91 @@ def write_report(name: str, results_dir: Optional[Path] = None, figures: bool = 
     return levels, comps
 
 
+def explained_variance(weights, labels) -> float:
+    """Mean over channels of the R^2 of a least-squares fit of each channel's weight ``(N, C)`` on
+    the class indicators ``(N, K)`` plus an intercept: how much of a channel gate's variation the
+    classes account for (1: entirely, 0: not at all)."""
+    import torch
+
+    w = torch.as_tensor(weights).double()
+    X = torch.cat([torch.as_tensor(labels).double(), torch.ones(len(w), 1, dtype=torch.float64)], 1)
+    resid = w - X @ torch.linalg.lstsq(X, w).solution
+    return float((1 - resid.var(0) / w.var(0).clamp_min(1e-12)).mean())
+
+
+def channel_study(name: str, results_dir: Optional[Path] = None, runs_dir: Optional[Path] = None,
+                  seeds: Optional[Sequence[int]] = None, shuffles: int = 20, quiet: bool = False) -> pd.DataFrame:
+    """Is the channel gate class-dependent? For every model of study ``name`` with a channel gate,
+    :func:`explained_variance` of its channel weights on the validation images' classes, against
+    the same with the images' labels shuffled ``shuffles`` times (what the class indicators explain
+    by chance). Writes ``channels.csv``, ``channels.md`` and ``fig_channels.png`` (the first
+    model's per-class profile, :func:`sca_lib.maps.channel_profiles`); reads the trained runs of
+    ``seeds`` (default the grid's; :func:`run_study` trains them)."""
+    import matplotlib.pyplot as plt
+    import seaborn as sns
+    import torch
+
+    from .data.transforms import classification_transforms
+    from .maps import attention_maps, channel_profiles
+    from .train import load_trained
+
+    st = _study(name)
+    results_dir = Path(results_dir) if results_dir else _config.results_dir(f"localisation/{name}")
+    runs_dir = Path(runs_dir) if runs_dir else _config.runs_dir(f"ablate/{st.grid}")
+    points = study_points(name, seeds)
+    dataset, cfg = validation_split(points[0]["config"])
+    if cfg.task == "detection":
+        raise ValueError(f"channel_study reads classifiers; study {name!r} holds detectors")
+    prep = classification_transforms(cfg.image_size, normalize=True)
+    xs = torch.stack([prep(dataset[k][0].as_subclass(torch.Tensor).float()).as_subclass(torch.Tensor)
+                      for k in range(len(dataset))])
+    labels = torch.zeros(len(dataset), len(dataset.classes))
+    for k in range(len(dataset)):
+        labels[k, dataset[k][1]["labels"] - 1] = 1
+    out, first = [], None
+    for p in points:
+        model, _ = load_trained(runs_dir / p["run_id"])
+        with torch.no_grad():
+            maps = [attention_maps(model, xs[i:i + 64]) for i in range(0, len(xs), 64)] if p["setting"] != "none" else []
+        names = [k for k, v in (maps[0].items() if maps else []) if v["channel"] is not None]
+        if not names:
+            continue
+        w = torch.cat([m[names[0]]["channel"] for m in maps])
+        g = torch.Generator().manual_seed(0)
+        shuf = [explained_variance(w, labels[torch.randperm(len(labels), generator=g)]) for _ in range(shuffles)]
+        out.append({"setting": p["setting"], "seed": p["config"]["seed"], "run_id": p["run_id"], "module": names[0],
+                    "channels": int(w.shape[1]), "r2": explained_variance(w, labels),
+                    "r2_shuffled_mean": float(np.mean(shuf)), "r2_shuffled_max": float(np.max(shuf))})
+        if first is None:
+            first = (p, names[0], w)
+    if not out:
+        raise ValueError(f"no model of study {name!r} has a channel gate")
+    df = pd.DataFrame(out)
+    atomic_write_text(results_dir / "channels.csv", df.to_csv(index=False))
+    md = (f"# Channel gates of study `{name}`: are they class-dependent?\n\nFor each model with a channel gate: the "
+          f"mean over its {df['channels'].iloc[0]} channels of the R^2 of a least-squares fit of the channel's weight "
+          f"on the 20 class indicators over the {len(dataset)} validation images, and the same with the images' "
+          f"labels shuffled {shuffles} times (mean and max: the chance level of 20 regressors). Regenerate: "
+          f"`python -m sca_lib.localise --study {name} --channels`.\n\n| setting | seed | R^2 on the classes | "
+          f"shuffled, mean | shuffled, max |\n|---|---|---|---|---|\n" + "".join(
+              f"| {r.setting} | {r.seed} | {r.r2:.3f} | {r.r2_shuffled_mean:.3f} | {r.r2_shuffled_max:.3f} |\n"
+              for r in df.itertuples()))
+    atomic_write_text(results_dir / "channels.md", md)
+    p, module, w = first
+    profile = channel_profiles(w, labels, dataset.classes)
+    fig, ax = plt.subplots(figsize=(min(18, 2 + 0.22 * profile.shape[1]), 5.5))
+    sns.heatmap(profile, center=0, cmap="vlag", ax=ax, cbar_kws={"label": "mean weight minus the mean over images"})
+    ax.set_xlabel(f"channel of {module} ({w.shape[1]} channels)")
+    ax.set_title(f"per-class channel-gate profile: study {name}, {p['setting']} seed {p['config']['seed']}, "
+                 f"{len(dataset)} validation images", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(results_dir / "fig_channels.png", dpi=100)
+    plt.close(fig)
+    if not quiet:
+        print(md)
+    return df
+
+
 def _write_maps_figure(name: str, results_dir: Path, runs_dir: Optional[Path], seeds: Optional[Sequence[int]]) -> None:
     import matplotlib.pyplot as plt
 
@@ -687,6 +773,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     ap.add_argument("--report-only", action="store_true", help="write the report from the rows; score nothing")
     ap.add_argument("--no-report", action="store_true", help="score only (e.g. one shard of several)")
     ap.add_argument("--list", action="store_true", help="list the study's models and which are scored")
+    ap.add_argument("--channels", action="store_true",
+                    help="only the channel-gate analysis of the study's trained classifiers (channels.md, fig_channels.png)")
     ap.add_argument("--allow-mismatch", action="store_true",
                     help="score a rebuilt model whose validation mAP differs from the grid's committed row")
     a = ap.parse_args(argv)
@@ -701,6 +789,9 @@ def main(argv: Optional[List[str]] = None) -> int:
             done = _scored(load_rows(results_dir))
             for p in study_points(a.study, seeds):
                 print(f"{'scored' if p['run_id'] in done else 'todo':6s} {p['run_id']} {p['setting']} seed={p['config']['seed']}")
+            return 0
+        if a.channels:
+            channel_study(a.study, results_dir, a.runs_dir, seeds)
             return 0
         if not a.report_only:
             run_study(a.study, results_dir, a.runs_dir, shard, seeds, limit=a.limit, allow_mismatch=a.allow_mismatch)

@@ -251,7 +251,8 @@ def plot_overlays(image: torch.Tensor, maps: Dict[str, torch.Tensor], target: Op
     (e.g. from :func:`attention_maps` or :func:`gradcam_maps`); ``target`` (optional) holds
     ``boxes`` ``(K, 4)`` xyxy, ``labels`` 1-based and ``difficult``: solid boxes, dashed when
     ``difficult``, named after ``classes``. Each map keeps its own colour scale (shown by a colour
-    bar): a gate's values and a CAM's are not on one scale. ``axes``: ``1 + len(maps)`` axes to draw
+    bar): a gate's values and a CAM's are not on one scale; a flat map (:func:`sca_lib.localisation.is_flat`)
+    is named, not drawn. ``axes``: ``1 + len(maps)`` axes to draw
     into (one row of a larger figure; ``title`` then goes to the first panel). ``colorbar=False``
     leaves the colour bars out and prints each map's range in its panel instead. Returns the figure.
     """
@@ -282,13 +283,19 @@ def plot_overlays(image: torch.Tensor, maps: Dict[str, torch.Tensor], target: Op
             ax.set_title("image" + (" + boxes" if target is not None else ""), fontsize=9)
         else:
             name, m = list(maps.items())[k - 1]
+            from .localisation import is_flat
+
             arr = m.detach().float().cpu().numpy()
-            im = ax.imshow(arr, cmap="jet", alpha=alpha)
-            if colorbar:
-                fig.colorbar(im, ax=ax, fraction=0.046, pad=0.02).formatter.set_useOffset(False)
+            if is_flat(arr):  # no structure to show: a colour scale over float noise would draw stripes
+                ax.text(w / 2, h / 2, f"flat map\n(all {arr.max():.3g})", fontsize=8, color="white", ha="center",
+                        va="center", bbox=dict(fc="black", alpha=0.6, pad=2, lw=0))
             else:
-                ax.text(1, h - 2, f"{arr.min():.3g} to {arr.max():.3g}", fontsize=6, color="white", va="bottom",
-                        bbox=dict(fc="black", alpha=0.6, pad=1, lw=0))
+                im = ax.imshow(arr, cmap="jet", alpha=alpha)
+                if colorbar:
+                    fig.colorbar(im, ax=ax, fraction=0.046, pad=0.02).formatter.set_useOffset(False)
+                else:
+                    ax.text(1, h - 2, f"{arr.min():.3g} to {arr.max():.3g}", fontsize=6, color="white", va="bottom",
+                            bbox=dict(fc="black", alpha=0.6, pad=1, lw=0))
             ax.set_title(name, fontsize=9)
         if target is not None:
             difficult = target.get("difficult", torch.zeros(len(target["labels"]), dtype=torch.bool))

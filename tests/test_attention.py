@@ -423,6 +423,14 @@ def test_plot_overlays_draws_every_box_on_every_panel_and_marks_difficult_ones()
     assert [t.get_text() for t in panels[0].texts] == ["a", "c (difficult)"]
     with pytest.raises(ValueError, match="upsample it to the image first"):
         plot_overlays(image, {"small": torch.rand(4, 6)})
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 3)  # into given axes; a flat map is named, not drawn
+    plot_overlays(image, {"flat": torch.full((20, 30), 0.25), "cam": torch.rand(20, 30)}, axes=axes, colorbar=False)
+    assert len(axes[1].images) == 1 and "flat map" in axes[1].texts[0].get_text()  # the photo only
+    assert len(axes[2].images) == 2 and " to " in axes[2].texts[0].get_text()      # photo + map, its range
+    with pytest.raises(ValueError, match="axes must hold 2 panels"):
+        plot_overlays(image, {"cam": torch.rand(20, 30)}, axes=axes)
 
 
 def test_channel_profiles_subtract_the_mean_image_per_class():

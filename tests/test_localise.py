@@ -72,6 +72,9 @@ def test_fast_study_end_to_end(tmp_path, capsys):
     assert len(prim) == 2 and set(prim["metric"]) == {"pointing"} and prim["p (Holm)"].notna().all()
     md = (res / "summary.md").read_text()
     assert "| primary | pointing | dual/attention | centre | 2 |" in md and (res / "fig_pointing.png").exists()
+    ch = localise.channel_study("fast", res, runs, seeds=[0, 1], shuffles=3, quiet=True)  # only the dual models have a channel gate
+    assert set(ch["setting"]) == {"dual"} and len(ch) == 2 and ch["r2"].between(0, 1).all()
+    assert (res / "channels.md").exists() and (res / "fig_channels.png").exists()
     fig = localise.maps_figure("fast", runs, seed=0, n_images=2)
     assert len(fig.axes) == 2 * 4  # image, plain Grad-CAM, dual attention, dual Grad-CAM
     assert localise.main(["--study", "fast", "--seeds", "0,1,2", "--results-dir", str(res), "--list"]) == 0
@@ -125,3 +128,14 @@ def test_report_rows_belong_to_the_study_and_one_run_per_seed(tmp_path, capsys):
     bad = rows[:-1] + [{**rows[1], "run_id": twin["run_id"]}]  # a second run claims none seed 0
     with pytest.raises(ValueError, match="claim setting 'none' seed 0"):
         localise.summary_tables(bad, st)
+
+
+def test_explained_variance_is_one_for_class_driven_weights_and_small_for_noise():
+    import torch
+
+    g = torch.Generator().manual_seed(0)
+    y = (torch.rand(200, 5, generator=g) < 0.3).float()
+    w = y @ torch.randn(5, 8, generator=g) + 0.5  # every channel a linear function of the classes
+    assert localise.explained_variance(w, y) == pytest.approx(1.0)
+    noise = torch.randn(200, 8, generator=g)
+    assert localise.explained_variance(noise, y) < 0.1  # 5 regressors on 200 images explain little of noise
