@@ -111,6 +111,13 @@ LOCALISATION_STUDIES: Dict[str, LocalisationStudy] = {s.name: s for s in (
         secondary=(("fpn dual/attention[0]", "centre"), ("fpn dual/attention[1]", "centre"),
                    ("fpn dual/attention[pool]", "centre"), ("fpn dual/attention[0]", "fpn dual/attention[1]"))),
     LocalisationStudy(
+        "cpu_strength", "cpu", "strength", ("dual", "dual (detection strengths)"),
+        "Does the classifier's gate move with C10's strengths? The CPU study's dual classifiers (strengths 1, 1) "
+        "beside the same model trained with the detection strengths (alpha 0.7, beta 0.5), 5 seeds each",
+        primary=(("dual (detection strengths)/attention", "dual/attention"),),
+        secondary=(("dual (detection strengths)/attention", "centre"),
+                   ("dual (detection strengths)/gradcam", "dual/gradcam"))),
+    LocalisationStudy(
         "fast", "fast", "variants", ("none", "dual"), "CI plumbing: the fast grid's models",
         primary=_CLS_PRIMARY[:2], secondary=(("none/gradcam", "centre"),)),
     LocalisationStudy(
@@ -137,7 +144,8 @@ def setting_label(config: Dict[str, Any]) -> str:
     """A grid point's setting as the report names it: ``"none"``, ``"dual"``, ``"fpn dual"``..."""
     from .report import _attention_label
 
-    return _attention_label(config.get("attention"), config)
+    label = _attention_label(config.get("attention"), config)
+    return f"{label} ({config['strength']} strengths)" if config.get("strength") else label
 
 
 def _study(name: str) -> LocalisationStudy:

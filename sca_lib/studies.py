@@ -198,9 +198,13 @@ GRIDS: Dict[str, Grid] = {
                _SMALL),
          Study("resnet18", "Does it hold on a ResNet? (ResNet18, one stage, 3 seeds)", "attention",
                ({"attention": None, "schedule": "single"}, {"attention": "dual", "schedule": "single"}),
-               ("resnet18",), baseline="plain", seeds=(0, 1, 2))),
+               ("resnet18",), baseline="plain", seeds=(0, 1, 2)),
+         Study("strength", "Do C10's detection strengths (alpha 0.7, beta 0.5) change a classifier? (added after the "
+               "study: secondary)", "strength", ({"attention": "dual"}, {"attention": "dual", "strength": "detection"}),
+               _SMALL)),
         description="The committed CPU study (results/cpu/): synthetic devkit version 2 at 112 px, 5 seeds "
-                    "(3 for ResNet18), six primary comparisons declared here before it ran.",
+                    "(3 for ResNet18), six primary comparisons declared here before it ran; the strength study was "
+                    "added later, secondary.",
         primary=_CPU_PRIMARY, settings=CPU_PROTOCOL, placements=CPU_PLACEMENTS,
     ),
     "detection_fast": Grid(
