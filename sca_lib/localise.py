@@ -111,7 +111,7 @@ LOCALISATION_STUDIES: Dict[str, LocalisationStudy] = {s.name: s for s in (
         secondary=(("fpn dual/attention[0]", "centre"), ("fpn dual/attention[1]", "centre"),
                    ("fpn dual/attention[pool]", "centre"), ("fpn dual/attention[0]", "fpn dual/attention[1]"))),
     LocalisationStudy(
-        "cpu_strength", "cpu", "strength", ("dual", "dual (detection strengths)"),
+        "cpu_strength", "cpu_strength", "strength", ("dual", "dual (detection strengths)"),
         "Does the classifier's gate move with C10's strengths? The CPU study's dual classifiers (strengths 1, 1) "
         "beside the same model trained with the detection strengths (alpha 0.7, beta 0.5), 5 seeds each",
         primary=(("dual (detection strengths)/attention", "dual/attention"),),

@@ -65,12 +65,13 @@ def test_the_detection_cpu_grid_spells_out_its_protocol_and_its_primaries_name_r
 
 def test_the_cpu_grid_spells_out_its_protocol_and_places_the_module_at_a_7x7_map():
     points = studies.build_grid("cpu")
-    # 4 variants x 2 schedules, 2 more recipe controls, C10's strengths (5 seeds each); 2 ResNet18 settings (3 seeds)
-    assert len(points) == (8 + 2 + 1) * 5 + 2 * 3
-    assert {s for p in points for s in p["studies"]} == {"variants", "variants_single", "recipe", "resnet18", "strength"}
-    dual = [p for p in points if p["config"]["attention"] == "dual" and p["config"]["schedule"] == "staged"
-            and p["config"]["strength"] is None]
-    assert dual[0]["studies"] == ["variants", "strength"]  # the strength study's baseline is the variants' dual run
+    # 4 variants x 2 schedules, 2 more recipe controls (5 seeds each); 2 ResNet18 settings (3 seeds)
+    assert len(points) == (8 + 2) * 5 + 2 * 3
+    assert {s for p in points for s in p["studies"]} == {"variants", "variants_single", "recipe", "resnet18"}
+    # the strength follow-up's baseline is the very dual run of the cpu grid (same config, same run id)
+    dual = {p["run_id"] for p in points if p["config"]["attention"] == "dual" and p["config"]["schedule"] == "staged"}
+    strength = studies.build_grid("cpu_strength")
+    assert {p["run_id"] for p in strength if p["config"]["strength"] is None} == dual and len(strength) == 10
     for p in points:
         c = p["config"]
         assert {k: c[k] for k in studies.CPU_PROTOCOL} == studies.CPU_PROTOCOL and c["data_version"] == 2
