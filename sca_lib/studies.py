@@ -210,7 +210,7 @@ GRIDS: Dict[str, Grid] = {
         description="A follow-up of the CPU study (results/cpu_strength/): its dual classifier (the same runs) against "
                     "the same model with C10's detection strengths, 5 seeds; detection strengths vs none declared "
                     "primary before it ran.",
-        primary=(("strength", "detection"),), settings=CPU_PROTOCOL, placements=CPU_PLACEMENTS,
+        primary=(("strength", "strength=detection"),), settings=CPU_PROTOCOL, placements=CPU_PLACEMENTS,
     ),
     "detection_fast": Grid(
         "detection_fast", "fast", (0, 1),
