@@ -206,7 +206,8 @@ GRIDS: Dict[str, Grid] = {
     "cpu_strength": Grid(
         "cpu_strength", "cpu", (0, 1, 2, 3, 4),
         (Study("strength", "Do C10's detection strengths (alpha 0.7, beta 0.5) change the cpu study's dual classifier?",
-               "strength", ({"attention": "dual"}, {"attention": "dual", "strength": "detection"}), _SMALL),),
+               "strength", ({"attention": "dual", "strength": None}, {"attention": "dual", "strength": "detection"}),
+               _SMALL),),
         description="A follow-up of the CPU study (results/cpu_strength/): its dual classifier (the same runs) against "
                     "the same model with C10's detection strengths, 5 seeds; detection strengths vs none declared "
                     "primary before it ran.",
