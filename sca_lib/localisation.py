@@ -317,6 +317,21 @@ def localisation_scores(items: Iterable[Tuple[Dict[int, ArrayLike], Dict[str, An
     return scorer.result()
 
 
+def _batches(dataset: Any, limit: Optional[int], batch_size: int, progress: bool):
+    """``(samples, targets, present)`` per batch of the first ``limit`` items: the raw ``(image, target)``
+    pairs, their boxes/labels/difficult, and each image's 0-based classes present."""
+    n = len(dataset) if limit is None else min(int(limit), len(dataset))
+    starts = range(0, n, batch_size)
+    if progress:
+        from tqdm.auto import tqdm
+
+        starts = tqdm(starts, desc="localisation", unit="batch")
+    for start in starts:
+        samples = [dataset[i] for i in range(start, min(start + batch_size, n))]
+        targets = [{k: t[k] for k in ("boxes", "labels", "difficult")} for _, t in samples]
+        yield samples, targets, [sorted({int(v) - 1 for v in t["labels"]}) for t in targets]
+
+
 def evaluate_classifier(model: torch.nn.Module, dataset: Any, image_size: int,
                         methods: Sequence[str] = METHODS, module: Optional[str] = None,
                         limit: Optional[int] = None, batch_size: int = 16, tolerance: float = 15,
@@ -347,19 +362,10 @@ def evaluate_classifier(model: torch.nn.Module, dataset: Any, image_size: int,
     classes = getattr(dataset, "classes", None)
     num_classes = len(classes) if classes else 20
     prep = classification_transforms(image_size, normalize=True)  # the training pipeline, on a float image
-    n = len(dataset) if limit is None else min(int(limit), len(dataset))
     scorers = {m: LocalisationScorer(num_classes, tolerance, extra_tolerances) for m in methods}
-    batches = range(0, n, batch_size)
-    if progress:
-        from tqdm.auto import tqdm
-
-        batches = tqdm(batches, desc="localisation", unit="batch")
-    for start in batches:
-        samples = [dataset[i] for i in range(start, min(start + batch_size, n))]
+    for samples, targets, present in _batches(dataset, limit, batch_size, progress):
         sizes = [tuple(img.shape[-2:]) for img, _ in samples]
         x = torch.stack([prep(img).as_subclass(torch.Tensor) for img, _ in samples])
-        targets = [{k: t[k] for k in ("boxes", "labels", "difficult")} for _, t in samples]
-        present = [sorted({int(v) - 1 for v in t["labels"]}) for t in targets]
         if "attention" in methods:
             maps = attention_maps(model, x, sizes)
             name = _pick_module([k for k, v in maps.items() if v["spatial"] is not None], module)
@@ -406,18 +412,9 @@ def evaluate_detector(model: torch.nn.Module, dataset: Any, methods: Sequence[st
         raise ValueError(f"unknown detector localisation methods {unknown}; expected attention, centre")
     classes = getattr(dataset, "classes", None)
     num_classes = len(classes) if classes else 20
-    n = len(dataset) if limit is None else min(int(limit), len(dataset))
     scorers = {m: LocalisationScorer(num_classes, tolerance, extra_tolerances) for m in methods}
-    batches = range(0, n, batch_size)
-    if progress:
-        from tqdm.auto import tqdm
-
-        batches = tqdm(batches, desc="localisation", unit="batch")
-    for start in batches:
-        samples = [dataset[i] for i in range(start, min(start + batch_size, n))]
+    for samples, targets, present in _batches(dataset, limit, batch_size, progress):
         images = [img.as_subclass(torch.Tensor).float() for img, _ in samples]
-        targets = [{k: t[k] for k in ("boxes", "labels", "difficult")} for _, t in samples]
-        present = [sorted({int(v) - 1 for v in t["labels"]}) for t in targets]
         if "attention" in methods:
             maps = detector_attention_maps(model, images)
             name = _pick_module([k for k, v in maps.items() if v["spatial"] is not None], module)

@@ -428,6 +428,7 @@ def summary_tables(rows: List[Dict[str, Any]], study: LocalisationStudy) -> Tupl
     every other comparison and metric). Declared comparisons whose methods have no rows are listed
     with ``n seeds`` 0 and no statistics (they are not part of any family)."""
     rows = _check_rows(rows, study)
+    per_metric = {m: _per_seed(rows, m) for m in METRICS}  # label -> {seed: value}, once per metric
     level_rows = []
     chance_row: Dict[str, Any] = {"method": "chance (a random point; for energy: the boxes' area)"}
     for metric in METRICS:
@@ -436,7 +437,7 @@ def summary_tables(rows: List[Dict[str, Any]], study: LocalisationStudy) -> Tupl
     for lab in labels:
         entry: Dict[str, Any] = {"method": lab}
         for metric in METRICS:
-            vals = _per_seed(rows, metric).get(lab, {})
+            vals = per_metric[metric].get(lab, {})
             mean, lo, hi, k = mean_ci(list(vals.values()))
             entry.update({metric: mean, f"{metric} lo": lo, f"{metric} hi": hi, "n seeds": k})
         mine = [r for r in rows if _label(r) == lab]
@@ -452,7 +453,7 @@ def summary_tables(rows: List[Dict[str, Any]], study: LocalisationStudy) -> Tupl
                                    ("secondary", study.secondary, ("pointing",)),
                                    ("secondary", study.primary + study.secondary, _COMPARED)):
         for metric in metrics:
-            per = _per_seed(rows, metric)
+            per = per_metric[metric]
             for a, b in pairs:
                 if a not in per or b not in per:
                     comps.append({"family": "not scored", "metric": metric, "a": a, "b": b, "diff": np.nan,
@@ -472,7 +473,7 @@ def summary_tables(rows: List[Dict[str, Any]], study: LocalisationStudy) -> Tupl
             level = 1 - 0.05 / int(comparisons.loc[sel, "p"].notna().sum() or 1)  # the family's simultaneous interval
             for i in comparisons.index[sel]:
                 r = comparisons.loc[i]
-                per = _per_seed(rows, r["metric"])
+                per = per_metric[r["metric"]]
                 _, lo, hi, _ = paired_difference(per[r["a"]], per[r["b"]], level)
                 comparisons.loc[i, ["lo (Bonferroni)", "hi (Bonferroni)"]] = lo, hi
     comparisons["significant"] = np.where(comparisons["p (Holm)"] < 0.05, "yes",
