@@ -9,8 +9,11 @@ their gates are multiplied. That is closer to scSE (Roy et al., MICCAI 2018, "Co
 Channel Squeeze & Excitation"), with multiplicative instead of additive/max fusion. The
 channel-only variant is a Squeeze-and-Excitation block (Hu et al., CVPR 2018) with reduction 8.
 
-Modules: :class:`ChannelAttention`, :class:`SpatialAttention`, :class:`DualAttention`,
-:class:`LiteDualAttention`, :class:`AttnResBlock`. By name: :func:`create_attention`,
+Modules: :class:`ChannelAttention`, :class:`SpatialAttention`, :class:`DualAttention` (with its
+``fusion`` rules: multiply, add, max, sequential), :class:`LiteDualAttention`, :class:`AttnResBlock`;
+the rest of the family (CBAM, ECA, Coordinate Attention, the original SCA-CNN and the capacity
+controls) lives in :mod:`sca_lib.family` and is built by the same factory. Every module that
+gates features derives from :class:`AttentionModule`. By name: :func:`create_attention`,
 :func:`list_attentions`, :func:`default_reduction`. Which modules are attention (for the profiler
 and the freeze groups): ``ATTENTION_TYPES``, :func:`is_attention`, :func:`attention_modules`.
 Settings: ``STRENGTHS`` (C10), ``PATHS``. Initialisation: :func:`init_attention_` (C8). Reading the
@@ -29,6 +32,7 @@ from torch import nn
 from ._checks import feature_map, positive_int, real_in
 
 __all__ = [
+    "AttentionModule",
     "ChannelAttention",
     "SpatialAttention",
     "DualAttention",
@@ -43,6 +47,9 @@ __all__ = [
     "init_attention_",
     "STRENGTHS",
     "PATHS",
+    "FUSIONS",
+    "DESCRIPTIONS",
+    "CONTROLS",
 ]
 
 LayerType = Union[Type[nn.Module], Callable[[], nn.Module]]
@@ -57,6 +64,9 @@ STRENGTHS: Dict[str, Dict[str, float]] = {
 
 #: Which paths a :class:`DualAttention` has (its ``paths=`` argument).
 PATHS = ("dual", "channel", "spatial")
+
+#: How a two-path :class:`DualAttention` combines its gates (its ``fusion=`` argument).
+FUSIONS = ("multiply", "add", "max", "sequential")
 
 
 def _check_channels(name: str, channels: object) -> int:
@@ -74,6 +84,26 @@ def _reduced_channels(name: str, channels: int, reduction: int, rd_channels: Opt
             f"or pass rd_channels explicitly"
         )
     return channels // reduction
+
+
+class AttentionModule(nn.Module):
+    """Base of every module that re-weights a feature map (N, C, H, W) -> (N, C, H, W).
+
+    It carries the map recording every member of the family shares: with ``record_maps = True``
+    (or inside :func:`sca_lib.maps.record_attention`) the last forward leaves ``last_maps =
+    {"channel": (N, C) or None, "spatial": (N, 1, H, W) or None}`` (detached); when it is off nothing
+    is stored. What the two entries hold for each module is in its docstring.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.record_maps = False
+        self.last_maps: Optional[Dict[str, Optional[torch.Tensor]]] = None
+
+    def _keep(self, channel: Optional[torch.Tensor], spatial: Optional[torch.Tensor]) -> None:
+        if self.record_maps:
+            self.last_maps = {"channel": None if channel is None else channel.detach().flatten(1),
+                              "spatial": None if spatial is None else spatial.detach()}
 
 
 class ChannelAttention(nn.Module):
@@ -136,7 +166,7 @@ class SpatialAttention(nn.Module):
         return x * self.weights(x)
 
 
-class DualAttention(nn.Module):
+class DualAttention(AttentionModule):
     """Parallel channel + spatial attention (the article's "SCA-CNN" module, claim C1).
 
     Both paths read the same input ``x``; with default arguments the output is exactly C1::
@@ -151,6 +181,13 @@ class DualAttention(nn.Module):
     between "no gating" and the full gate. ``strength="classification"`` etc. picks the article's
     values (:data:`STRENGTHS`).
 
+    Fusion (``fusion=``, two-path modules only; ``c'`` and ``s'`` are the gates after strengths)::
+
+        "multiply"    out = x * c' * s'                         the article (C1)
+        "add"         out = x * c' + x * s'                     scSE (Roy et al. 2018)
+        "max"         out = max(x * c', x * s')                 scSE's max-out variant
+        "sequential"  y = x * c'(x);  out = y * s'(y)           channel then spatial, as CBAM orders them
+
     Args:
         channels: C, the number of input channels (first positional argument, as in timm).
         reduction: channel-path reduction ratio r (hidden width ``C // r``); 8 in C1.
@@ -161,6 +198,7 @@ class DualAttention(nn.Module):
         alpha: spatial strength in [0, 1] (default 1); any real number (Python or NumPy).
         beta: channel strength in [0, 1] (default 1).
         strength: a name from :data:`STRENGTHS`; cannot be combined with alpha/beta.
+        fusion: how the two paths combine, one of :data:`FUSIONS` (default ``"multiply"``).
         act_layer: channel-path activation (``nn.ReLU``; ``nn.Hardswish`` in the lite module).
         gate_layer: gate of both paths (``nn.Sigmoid``; ``nn.Hardsigmoid`` in the lite module).
         drop_rate: ``nn.Dropout2d`` probability on the attended output (claim C9); active in
@@ -170,6 +208,8 @@ class DualAttention(nn.Module):
             moment the module is inserted. With ``identity_init=True`` the gates are ``2 * gate(z)``
             (range (0, 2) for a sigmoid) and the last layer of each path starts at zero, so
             ``out == x`` at initialisation and the module learns a deviation from identity.
+            With ``fusion="add"`` the gates stay ``gate(z)`` (0.5 + 0.5 = 1 at zero), so full
+            strengths are needed.
 
     Shapes:
         x: (N, C, H, W) floating point -> (N, C, H, W).
@@ -194,6 +234,7 @@ class DualAttention(nn.Module):
         alpha: Optional[float] = None,
         beta: Optional[float] = None,
         strength: Optional[str] = None,
+        fusion: str = "multiply",
         act_layer: LayerType = nn.ReLU,
         gate_layer: LayerType = nn.Sigmoid,
         drop_rate: float = 0.0,
@@ -204,6 +245,11 @@ class DualAttention(nn.Module):
         self.channels = _check_channels(name, channels)
         if paths not in PATHS:
             raise ValueError(f"{name}: unknown paths {paths!r}; expected one of {', '.join(PATHS)}")
+        if fusion not in FUSIONS:
+            raise ValueError(f"{name}: unknown fusion {fusion!r}; expected one of {', '.join(FUSIONS)}")
+        if fusion != "multiply" and paths != "dual":
+            raise ValueError(f"{name}: fusion={fusion!r} combines two paths; paths={paths!r} has one "
+                             f"(use fusion='multiply', the default)")
         if strength is not None:
             if alpha is not None or beta is not None:
                 raise ValueError(f"{name}: pass either strength={strength!r} or alpha/beta, not both")
@@ -218,8 +264,12 @@ class DualAttention(nn.Module):
         self.beta = real_in(name, "beta", 1.0 if beta is None else beta, 0.0, 1.0)
         drop_rate = real_in(name, "drop_rate", drop_rate, 0.0, 1.0, high_open=True)
         self.paths = paths
+        self.fusion = fusion
         self.identity_init = bool(identity_init)
-        self.gate_scale = 2.0 if self.identity_init else 1.0
+        if self.identity_init and fusion == "add" and (self.alpha != 1.0 or self.beta != 1.0):
+            raise ValueError(f"{name}: identity_init with fusion='add' starts as x * 0.5 + x * 0.5, which needs "
+                             f"alpha = beta = 1; got alpha={self.alpha}, beta={self.beta}")
+        self.gate_scale = 2.0 if self.identity_init and fusion != "add" else 1.0
         self.channel: Optional[ChannelAttention] = None
         self.spatial: Optional[SpatialAttention] = None
         if paths in ("dual", "channel"):
@@ -228,8 +278,6 @@ class DualAttention(nn.Module):
         if paths in ("dual", "spatial"):
             self.spatial = SpatialAttention(channels, gate_layer=gate_layer)
         self.dropout = nn.Dropout2d(drop_rate) if drop_rate > 0 else nn.Identity()
-        self.record_maps = False
-        self.last_maps: Optional[Dict[str, Optional[torch.Tensor]]] = None
         if self.identity_init:
             self.reset_parameters()
 
@@ -250,25 +298,39 @@ class DualAttention(nn.Module):
                     nn.init.zeros_(getattr(path, last).weight)
                     nn.init.zeros_(getattr(path, last).bias)
 
+    @staticmethod
+    def _strong(gate: torch.Tensor, strength: float) -> torch.Tensor:
+        return gate if strength == 1.0 else (1.0 - strength) + strength * gate
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         feature_map(type(self).__name__, x, self.channels, like=self)
-        out = x
         c = s = None
         if self.channel is not None:
             c = self.gate_scale * self.channel.weights(x)
-            out = out * (c if self.beta == 1.0 else (1.0 - self.beta) + self.beta * c)
-        if self.spatial is not None:
-            s = self.gate_scale * self.spatial.weights(x)
-            out = out * (s if self.alpha == 1.0 else (1.0 - self.alpha) + self.alpha * s)
-        if self.record_maps:
-            self.last_maps = {
-                "channel": None if c is None else c.detach().flatten(1),
-                "spatial": None if s is None else s.detach(),
-            }
+        if self.fusion == "sequential":
+            y = x * self._strong(c, self.beta)
+            s = self.gate_scale * self.spatial.weights(y)
+            out = y * self._strong(s, self.alpha)
+        else:
+            if self.spatial is not None:
+                s = self.gate_scale * self.spatial.weights(x)
+            if self.fusion == "multiply":
+                out = x
+                if c is not None:
+                    out = out * self._strong(c, self.beta)
+                if s is not None:
+                    out = out * self._strong(s, self.alpha)
+            elif self.fusion == "add":
+                out = x * self._strong(c, self.beta) + x * self._strong(s, self.alpha)
+            else:  # max
+                out = torch.maximum(x * self._strong(c, self.beta), x * self._strong(s, self.alpha))
+        self._keep(c, s)
         return self.dropout(out)
 
     def extra_repr(self) -> str:
         parts = [f"paths={self.paths!r}"]
+        if self.fusion != "multiply":
+            parts.append(f"fusion={self.fusion!r}")
         if self.alpha != 1.0 or self.beta != 1.0:
             parts.append(f"alpha={self.alpha}, beta={self.beta}")
         if self.identity_init:
@@ -288,40 +350,107 @@ class LiteDualAttention(DualAttention):
         super().__init__(channels, reduction, act_layer=act_layer, gate_layer=gate_layer, **kwargs)
 
 
-_REGISTRY: Dict[str, Callable[..., DualAttention]] = {
+from .family import (  # noqa: E402  (the family builds on the classes above)
+    CBAM, ECA, CoordinateAttention, SCACNNAttention, ResidualBottleneck, matched_bottleneck)
+
+_REGISTRY: Dict[str, Callable[..., nn.Module]] = {
+    # the article's module and its paths (C1, C15)
     "dual": partial(DualAttention, paths="dual"),
     "channel": partial(DualAttention, paths="channel"),
     "spatial": partial(DualAttention, paths="spatial"),
     "lite": partial(LiteDualAttention, paths="dual"),
     "lite_channel": partial(LiteDualAttention, paths="channel"),
     "lite_spatial": partial(LiteDualAttention, paths="spatial"),
+    # its fusion rules
+    "dual_add": partial(DualAttention, paths="dual", fusion="add"),
+    "dual_max": partial(DualAttention, paths="dual", fusion="max"),
+    "dual_seq": partial(DualAttention, paths="dual", fusion="sequential"),
+    # the family
+    "se": partial(DualAttention, paths="channel", reduction=16),
+    "scse": partial(DualAttention, paths="dual", fusion="add", reduction=2),
+    "scse_max": partial(DualAttention, paths="dual", fusion="max", reduction=2),
+    "cbam": CBAM,
+    "eca": ECA,
+    "coord": CoordinateAttention,
+    "sca_cnn": partial(SCACNNAttention, order="cs"),
+    "sca_cnn_sc": partial(SCACNNAttention, order="sc"),
+    # capacity controls (not attention: no gate; see sca_lib.family.ResidualBottleneck)
+    "matched_params": partial(matched_bottleneck, by="params"),
+    "matched_flops": partial(matched_bottleneck, by="flops"),
 }
+
+#: What each name builds, in a line (the notebook's and the README's table of the family).
+DESCRIPTIONS: Dict[str, str] = {
+    "dual": "the article's module: x * c(x) * s(x), SE channel gate (r 8) and 1x1-conv spatial gate in parallel",
+    "channel": "the article's channel path alone (an SE gate, r 8)",
+    "spatial": "the article's spatial path alone (1x1 conv C -> 1, sigmoid)",
+    "lite": "the article's lite module for MobileNet (r 16, hard-swish, hard-sigmoid)",
+    "lite_channel": "the lite module's channel path alone",
+    "lite_spatial": "the lite module's spatial path alone",
+    "dual_add": "the article's two gates added: x * c + x * s",
+    "dual_max": "the article's two gates, max-out: max(x * c, x * s)",
+    "dual_seq": "the article's two gates in sequence: channel, then spatial on the result",
+    "se": "Squeeze-and-Excitation (Hu et al. 2018), r 16",
+    "scse": "scSE (Roy et al. 2018): x * cSE + x * sSE, r 2",
+    "scse_max": "scSE with max-out fusion (Roy et al.'s follow-up), r 2",
+    "cbam": "CBAM (Woo et al. 2018): avg+max channel gate, then a 7x7 spatial gate, r 16",
+    "eca": "ECA (Wang et al. 2020): 1-D conv across pooled channels, adaptive kernel",
+    "coord": "Coordinate Attention (Hou et al. 2021): row and column gates from strip pooling, r 32",
+    "sca_cnn": "the original SCA-CNN (Chen et al. 2017): softmax channel then spatial attention, queried",
+    "sca_cnn_sc": "the original SCA-CNN, spatial then channel",
+    "matched_params": "control: a residual 1x1 bottleneck with the dual module's parameter count, no gate",
+    "matched_flops": "control: a residual 1x1 bottleneck with the dual module's FLOPs, no gate",
+}
+
+#: The names that are controls, not attention (no gate): their rows are baselines, not family members.
+CONTROLS = ("matched_params", "matched_flops")
 
 
 def list_attentions() -> list:
-    """Names accepted by :func:`create_attention` (and by ``build_classifier(attention=...)``)."""
+    """Names accepted by :func:`create_attention` (and by ``build_classifier(attention=...)``),
+    the capacity controls included (see :data:`CONTROLS`)."""
     return sorted(_REGISTRY)
 
 
-def _builder(name: object) -> Callable[..., DualAttention]:
+def _builder(name: object) -> Callable[..., nn.Module]:
     if not isinstance(name, str) or name.lower() not in _REGISTRY:
         raise ValueError(f"unknown attention {name!r}; expected one of {', '.join(list_attentions())}")
     return _REGISTRY[name.lower()]
 
 
-def default_reduction(name: str) -> int:
-    """The reduction ratio a module built by ``create_attention(name, C)`` uses when none is given."""
-    return inspect.signature(_builder(name)).parameters["reduction"].default
+def _accepts(builder: Callable[..., nn.Module]) -> Optional[set]:
+    """The keyword names ``builder`` takes (None: any, it has ``**kwargs``)."""
+    params = inspect.signature(builder).parameters
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        return None
+    return {n for n, p in params.items() if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)} - {"channels"}
+
+
+def default_reduction(name: str) -> Optional[int]:
+    """The reduction ratio a module built by ``create_attention(name, C)`` uses when none is given
+    (None for a module without one, e.g. ``"eca"``)."""
+    param = inspect.signature(_builder(name)).parameters.get("reduction")
+    return None if param is None else param.default
 
 
 def create_attention(name: str, channels: int, **kwargs) -> nn.Module:
     """Build an attention module by name, timm-style: ``create_attention("dual", 512, reduction=8)``.
 
-    ``name`` is one of :func:`list_attentions`: ``"dual"``, ``"channel"``, ``"spatial"`` (the
-    :class:`DualAttention` paths), ``"lite"``, ``"lite_channel"``, ``"lite_spatial"`` (the same for
-    :class:`LiteDualAttention`). ``kwargs`` go to the module.
+    ``name`` is one of :func:`list_attentions` (:data:`DESCRIPTIONS` says what each builds):
+    the article's module and its paths (``"dual"``, ``"channel"``, ``"spatial"``, the ``"lite"``
+    ones), its fusion rules (``"dual_add"``, ``"dual_max"``, ``"dual_seq"``), the family (``"se"``,
+    ``"scse"``, ``"scse_max"``, ``"cbam"``, ``"eca"``, ``"coord"``, ``"sca_cnn"``, ``"sca_cnn_sc"``)
+    and the capacity controls (``"matched_params"``, ``"matched_flops"``). ``kwargs`` go to the
+    module; one it does not take is an error that lists the ones it does.
     """
-    return _builder(name)(channels, **kwargs)
+    builder = _builder(name)
+    accepted = _accepts(builder)
+    if accepted is not None:
+        unknown = sorted(set(kwargs) - accepted)
+        if unknown:
+            raise ValueError(f"attention {name!r} takes no {', '.join(unknown)}; it accepts "
+                             f"{', '.join(sorted(accepted)) or 'no settings'}")
+    return builder(channels, **kwargs)
 
 
 class AttnResBlock(nn.Module):
@@ -345,7 +474,9 @@ class AttnResBlock(nn.Module):
     def __init__(self, channels: int, attention: str = "dual", identity_init: bool = False, **attn_kwargs) -> None:
         super().__init__()
         self.channels = _check_channels(type(self).__name__, channels)
-        self.attn = create_attention(attention, channels, identity_init=identity_init, **attn_kwargs)
+        if identity_init:
+            attn_kwargs["identity_init"] = True
+        self.attn = create_attention(attention, channels, **attn_kwargs)
         self.conv = nn.Conv2d(self.channels, self.channels, kernel_size=3, padding=1)
         self.identity_init = bool(identity_init)
         if self.identity_init:
@@ -368,7 +499,7 @@ class AttnResBlock(nn.Module):
 
 #: The module types that count as attention: the profiler's attention columns and the
 #: ``"attention"`` parameter group hold these (an :class:`AttnResBlock` with its 3x3 conv).
-ATTENTION_TYPES = (ChannelAttention, SpatialAttention, DualAttention, AttnResBlock)
+ATTENTION_TYPES = (AttentionModule, ChannelAttention, SpatialAttention, AttnResBlock)
 
 
 def is_attention(module: object) -> bool:

@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .attention import DualAttention
+from .attention import AttentionModule
 
 __all__ = ["record_attention", "attention_maps", "gradcam_maps", "default_cam_layer", "plot_overlays",
            "channel_profiles", "detector_attention_maps"]
@@ -31,7 +31,11 @@ __all__ = ["record_attention", "attention_maps", "gradcam_maps", "default_cam_la
 
 @contextlib.contextmanager
 def record_attention(model: nn.Module, every_call: bool = False) -> Iterator[Dict[str, object]]:
-    """Record the attention maps of every :class:`DualAttention` in ``model`` during forwards.
+    """Record the attention maps of every attention module in ``model`` during forwards.
+
+    Every :class:`~sca_lib.attention.AttentionModule` (the article's module and the family in
+    :mod:`sca_lib.family`) records ``{"channel": (N, C) or None, "spatial": (N, 1, H, W) or None}``;
+    each module's docstring says what its two entries hold.
 
     Usage::
 
@@ -45,10 +49,10 @@ def record_attention(model: nn.Module, every_call: bool = False) -> Iterator[Dic
     run several times per forward: C13's shared module, once per pyramid level). Recording is
     switched off again on exit; outside the block nothing is stored.
     """
-    mods = {n: m for n, m in model.named_modules() if isinstance(m, DualAttention)}
+    mods = {n: m for n, m in model.named_modules() if isinstance(m, AttentionModule)}
     if not mods:
         raise ValueError(
-            f"record_attention found no DualAttention module in {type(model).__name__}; "
+            f"record_attention found no attention module in {type(model).__name__}; "
             f"build the model with an attention (e.g. build_classifier(..., attention='dual'))"
         )
     maps: Dict[str, object] = {}

@@ -167,6 +167,22 @@ QUICK_PROTOCOL: Dict[str, Any] = {**{k: v for k, v in CPU_PROTOCOL.items() if k 
 _ATTENTION = tuple(v for v in _VARIANTS if v["attention"] is not None)
 _CPU_PRIMARY = tuple((study, v["attention"]) for study in ("variants", "variants_single") for v in _ATTENTION)
 
+#: The attention family on the cpu protocol's primary backbone (every module at the cpu
+#: placement, its own default reduction) and the two capacity controls sized to the dual module.
+FAMILY = ("dual", "se", "cbam", "scse", "eca", "coord", "sca_cnn")
+_CONTROLS = ("matched_params", "matched_flops")
+_FAMILY_STUDIES = (
+    Study("family", "Which attention module helps the cpu study's classifier, against no attention (and against "
+          "plain blocks of the dual module's cost)?", "attention",
+          ({"attention": None},) + tuple({"attention": a} for a in FAMILY + _CONTROLS), _SMALL, baseline="plain"),
+    Study("fusion", "How should the article's two gates combine: multiply (C1) vs add, max or in sequence?",
+          "attention", tuple({"attention": a} for a in ("dual", "dual_add", "dual_max", "dual_seq")), _SMALL),
+    Study("vs_params", "Does the dual module beat a plain residual block with its parameter count?", "attention",
+          ({"attention": "matched_params"}, {"attention": "dual"}), _SMALL),
+    Study("vs_flops", "Does the dual module beat a plain residual block with its FLOPs?", "attention",
+          ({"attention": "matched_flops"}, {"attention": "dual"}), _SMALL),
+)
+
 #: The named ablation grids.
 GRIDS: Dict[str, Grid] = {
     "fast": Grid(
@@ -212,6 +228,15 @@ GRIDS: Dict[str, Grid] = {
                     "the same model with C10's detection strengths, 5 seeds; detection strengths vs none declared "
                     "primary before it ran.",
         primary=(("strength", "strength=detection"),), settings=CPU_PROTOCOL, placements=CPU_PLACEMENTS,
+    ),
+    "cpu_family": Grid(
+        "cpu_family", "cpu", (0, 1, 2, 3, 4), _FAMILY_STUDIES,
+        description="The attention family study (results/family/): SE, CBAM, scSE, ECA, Coordinate Attention, the "
+                    "original SCA-CNN and the article's dual module on the cpu study's classifier (MobileNetV3-Small "
+                    "stand-in, module after features.8, staged recipe, synthetic devkit version 2 at 112 px), the "
+                    "fusion rules of the dual module and two capacity controls, 5 seeds; each module against no "
+                    "attention declared primary before it ran. The plain and dual runs are the cpu study's own.",
+        primary=tuple(("family", a) for a in FAMILY), settings=CPU_PROTOCOL, placements=CPU_PLACEMENTS,
     ),
     "detection_fast": Grid(
         "detection_fast", "fast", (0, 1),

@@ -6,6 +6,7 @@ from torch import nn
 
 import sca_lib
 from sca_lib.attention import (
+    AttentionModule,
     ATTENTION_TYPES,
     PATHS,
     STRENGTHS,
@@ -175,9 +176,12 @@ def test_plain_start_scales_features_by_about_a_quarter():
     torch.testing.assert_close(mod(x), 0.25 * x)
 
 
+ARTICLE = ("channel", "dual", "lite", "lite_channel", "lite_spatial", "spatial")  # the article's module and paths
+
+
 def test_gradients_reach_every_parameter():
     x = torch.randn(2, 16, 4, 4, requires_grad=True)
-    for name in list_attentions():
+    for name in ARTICLE:
         mod = create_attention(name, 16, reduction=4)
         mod(x).sum().backward()
         for pname, p in mod.named_parameters():
@@ -188,7 +192,7 @@ def test_gradients_reach_every_parameter():
 
 
 def test_factory_names_and_kwargs():
-    assert list_attentions() == ["channel", "dual", "lite", "lite_channel", "lite_spatial", "spatial"]
+    assert set(ARTICLE) <= set(list_attentions())
     assert create_attention("dual", 32).paths == "dual"
     assert create_attention("Channel", 32).paths == "channel"
     assert isinstance(create_attention("lite_spatial", 32), LiteDualAttention)
@@ -235,7 +239,7 @@ def test_record_attention_maps_and_no_cost_when_off():
     assert maps["3"]["spatial"] is None and maps["3"]["channel"].shape == (2, 16)
     assert not maps["1"]["spatial"].requires_grad
     assert model[1].record_maps is False and model[1].last_maps is None
-    with pytest.raises(ValueError, match="no DualAttention"):
+    with pytest.raises(ValueError, match="no attention module in Conv2d"):
         with record_attention(nn.Conv2d(3, 3, 1)):
             pass
 
@@ -254,7 +258,8 @@ def test_record_attention_maps_and_no_cost_when_off():
         (lambda: DualAttention(16, paths="channel", alpha=0.5), "spatial path"),
         (lambda: DualAttention(16, paths="spatial", beta=0.5), "channel path"),
         (lambda: DualAttention(16, drop_rate=1.0), "drop_rate"),
-        (lambda: create_attention("cbam", 16), "unknown attention 'cbam'; expected one of channel, dual"),
+        (lambda: create_attention("bam", 16), "unknown attention 'bam'; expected one of cbam, channel, coord"),
+        (lambda: create_attention("eca", 16, reduction=4), "attention 'eca' takes no reduction; it accepts beta, gamma, kernel_size"),
     ],
 )
 def test_construction_errors(build, match):
@@ -301,7 +306,7 @@ def test_integer_inputs_are_refused_naming_the_dtype(build, dtype):
 
 
 def test_attention_identity_and_attention_modules():
-    assert ATTENTION_TYPES == (ChannelAttention, SpatialAttention, DualAttention, AttnResBlock)
+    assert ATTENTION_TYPES == (AttentionModule, ChannelAttention, SpatialAttention, AttnResBlock)
     assert all(is_attention(m) for m in (LiteDualAttention(16), AttnResBlock(8), ChannelAttention(8), SpatialAttention(8)))
     assert not is_attention(nn.Conv2d(8, 8, 1)) and not is_attention("dual")
     model = nn.Sequential(nn.Conv2d(3, 8, 1), DualAttention(8), AttnResBlock(8), ChannelAttention(8))
@@ -312,7 +317,7 @@ def test_attention_identity_and_attention_modules():
 
 
 def test_registry_builds_configurations_of_two_classes():
-    for name in list_attentions():
+    for name in ARTICLE:
         mod = create_attention(name, 32)
         assert type(mod) is (LiteDualAttention if name.startswith("lite") else DualAttention)
         assert mod.paths == {"lite": "dual"}.get(name, name.replace("lite_", "")) and mod.paths in PATHS
@@ -320,8 +325,8 @@ def test_registry_builds_configurations_of_two_classes():
             assert mod.channel.fc1.out_channels == 32 // default_reduction(name)
     assert default_reduction("dual") == 8 and default_reduction("LITE_channel") == 16
     assert "paths='channel'" in repr(create_attention("channel", 8))
-    with pytest.raises(ValueError, match="unknown attention 'se'"):
-        default_reduction("se")
+    with pytest.raises(ValueError, match="unknown attention 'sse'"):
+        default_reduction("sse")
 
 
 def test_a_float_input_of_another_dtype_is_named():

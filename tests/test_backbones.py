@@ -179,8 +179,8 @@ def test_clear_errors():
         list_placements("alexnet")
     with pytest.raises(ValueError, match="unknown placement 'layer9.1'.*list_placements"):
         build_classifier("resnet18", "dual", placement="layer9.1")
-    with pytest.raises(ValueError, match="unknown attention 'cbam'"):
-        build_classifier("resnet18", "cbam")
+    with pytest.raises(ValueError, match="unknown attention 'bam'"):
+        build_classifier("resnet18", "bam")
     with pytest.raises(ValueError, match="attention=None"):
         build_classifier("resnet18", placement="layer4.1")
     with pytest.raises(ValueError, match="num_classes"):

@@ -127,7 +127,7 @@ def test_evaluate_classifier_scores_every_method_on_the_same_pairs(tmp_path):
     assert json.dumps(r["centre"]) == json.dumps(expected)  # NaN for the classes never scored, on both sides
     with pytest.raises(ValueError, match="unknown localisation methods"):
         evaluate_classifier(model, val, image_size=64, methods=("cam",))
-    with pytest.raises(ValueError, match="no DualAttention"):
+    with pytest.raises(ValueError, match="no attention module"):
         evaluate_classifier(build_classifier("mobilenet_v3_small", attention=None, num_classes=20, weights=None),
                             val, image_size=64, limit=2, methods=("attention",))
 
