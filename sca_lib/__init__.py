@@ -12,8 +12,12 @@ from .config import MODES, data_dir, default_device, get_mode, output_root
 # attention
 from .attention import (
     ATTENTION_TYPES,
+    CONTROLS,
+    DESCRIPTIONS,
+    FUSIONS,
     PATHS,
     STRENGTHS,
+    AttentionModule,
     AttnResBlock,
     ChannelAttention,
     DualAttention,
@@ -26,6 +30,7 @@ from .attention import (
     is_attention,
     list_attentions,
 )
+from .family import CBAM, ECA, CoordinateAttention, ResidualBottleneck, SCACNNAttention
 from .maps import attention_maps, detector_attention_maps, gradcam_maps, record_attention
 from .spec import AttentionSpec
 
@@ -93,7 +98,8 @@ def __getattr__(name: str):
 
 __all__ = [
     "MODES", "get_mode", "default_device", "output_root", "data_dir",
-    "ATTENTION_TYPES", "PATHS", "STRENGTHS", "AttnResBlock", "ChannelAttention", "DualAttention",
+    "ATTENTION_TYPES", "CONTROLS", "DESCRIPTIONS", "FUSIONS", "PATHS", "STRENGTHS", "AttentionModule", "AttnResBlock",
+    "CBAM", "ECA", "CoordinateAttention", "ResidualBottleneck", "SCACNNAttention", "ChannelAttention", "DualAttention",
     "LiteDualAttention", "SpatialAttention", "attention_modules", "create_attention", "default_reduction",
     "init_attention_", "is_attention", "list_attentions", "record_attention", "attention_maps", "detector_attention_maps", "gradcam_maps", "AttentionSpec",
     "build_classifier", "default_placement", "list_backbones", "list_placements", "GROUPS", "parameter_groups",

@@ -351,7 +351,7 @@ class LiteDualAttention(DualAttention):
 
 
 from .family import (  # noqa: E402  (the family builds on the classes above)
-    CBAM, ECA, CoordinateAttention, SCACNNAttention, ResidualBottleneck, matched_bottleneck)
+    CBAM, ECA, CoordinateAttention, SCACNNAttention, matched_bottleneck)
 
 _REGISTRY: Dict[str, Callable[..., nn.Module]] = {
     # the article's module and its paths (C1, C15)
