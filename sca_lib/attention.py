@@ -184,7 +184,9 @@ class DualAttention(AttentionModule):
     Fusion (``fusion=``, two-path modules only; ``c'`` and ``s'`` are the gates after strengths)::
 
         "multiply"    out = x * c' * s'                         the article (C1)
-        "add"         out = x * c' + x * s'                     scSE (Roy et al. 2018)
+        "add"         out = x * c' + x * s'                     scSE (Roy et al. 2018); here a
+                                                                strength pulls a gate towards 1/2,
+                                                                so strength 0 is the identity too
         "max"         out = max(x * c', x * s')                 scSE's max-out variant
         "sequential"  y = x * c'(x);  out = y * s'(y)           channel then spatial, as CBAM orders them
 
@@ -208,8 +210,7 @@ class DualAttention(AttentionModule):
             moment the module is inserted. With ``identity_init=True`` the gates are ``2 * gate(z)``
             (range (0, 2) for a sigmoid) and the last layer of each path starts at zero, so
             ``out == x`` at initialisation and the module learns a deviation from identity.
-            With ``fusion="add"`` the gates stay ``gate(z)`` (0.5 + 0.5 = 1 at zero), so full
-            strengths are needed.
+            With ``fusion="add"`` the gates stay ``gate(z)`` (0.5 + 0.5 = 1 at zero).
 
     Shapes:
         x: (N, C, H, W) floating point -> (N, C, H, W).
@@ -221,7 +222,8 @@ class DualAttention(AttentionModule):
 
     Attention maps: set ``record_maps = True`` (or use :func:`sca_lib.maps.record_attention`) and the last
     forward leaves ``last_maps = {"channel": (N, C) or None, "spatial": (N, 1, H, W) or None}``
-    (detached; with ``identity_init`` the gates range over (0, 2)). When it is off nothing is stored.
+    (detached; with ``identity_init`` the gates range over (0, 2), except under add fusion). When it
+    is off nothing is stored.
     """
 
     def __init__(
@@ -266,9 +268,6 @@ class DualAttention(AttentionModule):
         self.paths = paths
         self.fusion = fusion
         self.identity_init = bool(identity_init)
-        if self.identity_init and fusion == "add" and (self.alpha != 1.0 or self.beta != 1.0):
-            raise ValueError(f"{name}: identity_init with fusion='add' starts as x * 0.5 + x * 0.5, which needs "
-                             f"alpha = beta = 1; got alpha={self.alpha}, beta={self.beta}")
         self.gate_scale = 2.0 if self.identity_init and fusion != "add" else 1.0
         self.channel: Optional[ChannelAttention] = None
         self.spatial: Optional[SpatialAttention] = None
@@ -298,9 +297,13 @@ class DualAttention(AttentionModule):
                     nn.init.zeros_(getattr(path, last).weight)
                     nn.init.zeros_(getattr(path, last).bias)
 
-    @staticmethod
-    def _strong(gate: torch.Tensor, strength: float) -> torch.Tensor:
-        return gate if strength == 1.0 else (1.0 - strength) + strength * gate
+    def _strong(self, gate: torch.Tensor, strength: float) -> torch.Tensor:
+        """``gate`` pulled towards its neutral value by ``1 - strength``: 1, or 1/2 under add fusion
+        (where two halves make the identity)."""
+        if strength == 1.0:
+            return gate
+        neutral = 0.5 if self.fusion == "add" else 1.0
+        return neutral * (1.0 - strength) + strength * gate
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         feature_map(type(self).__name__, x, self.channels, like=self)
@@ -418,12 +421,22 @@ def _builder(name: object) -> Callable[..., nn.Module]:
     return _REGISTRY[name.lower()]
 
 
-def _accepts(builder: Callable[..., nn.Module]) -> Optional[set]:
-    """The keyword names ``builder`` takes (None: any, it has ``**kwargs``)."""
-    params = inspect.signature(builder).parameters
-    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
-        return None
-    return {n for n, p in params.items() if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)} - {"channels"}
+def _accepts(builder: Callable[..., nn.Module]) -> set:
+    """The keyword names ``create_attention`` may pass to ``builder``: its parameters (a class's
+    ``**kwargs`` followed up its parents' ``__init__``), less those its registry entry fixes."""
+    fixed = set(getattr(builder, "keywords", {}) or {})
+    target = getattr(builder, "func", builder)
+    names: set = set()
+    chain = target.__mro__ if isinstance(target, type) else (target,)
+    for owner in chain:
+        fn = owner.__init__ if isinstance(owner, type) else owner
+        if fn is object.__init__ or fn is nn.Module.__init__:
+            break
+        params = inspect.signature(fn).parameters
+        names |= {n for n, p in params.items() if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)}
+        if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+            break
+    return names - fixed - {"self", "channels"}
 
 
 def default_reduction(name: str) -> Optional[int]:
@@ -445,11 +458,10 @@ def create_attention(name: str, channels: int, **kwargs) -> nn.Module:
     """
     builder = _builder(name)
     accepted = _accepts(builder)
-    if accepted is not None:
-        unknown = sorted(set(kwargs) - accepted)
-        if unknown:
-            raise ValueError(f"attention {name!r} takes no {', '.join(unknown)}; it accepts "
-                             f"{', '.join(sorted(accepted)) or 'no settings'}")
+    unknown = sorted(set(kwargs) - accepted)
+    if unknown:
+        raise ValueError(f"attention {name!r} takes no {', '.join(unknown)} (or its name fixes it); it accepts "
+                         f"{', '.join(sorted(accepted)) or 'no settings'}")
     return builder(channels, **kwargs)
 
 
@@ -464,8 +476,9 @@ class AttnResBlock(nn.Module):
     Args:
         channels: C.
         attention: attention name for :func:`create_attention` (default ``"dual"``).
-        identity_init: zero-initialise the 3x3 conv (and start the attention as the identity), so
-            the block is exactly the identity at initialisation, as zero-init residual branches do.
+        identity_init: zero-initialise the 3x3 conv (and start the attention as the identity when
+            it has that option), so the block is exactly the identity at initialisation, as
+            zero-init residual branches do.
         **attn_kwargs: passed to the attention module.
 
     Shapes: x: (N, C, H, W) -> (N, C, H, W).
@@ -474,8 +487,8 @@ class AttnResBlock(nn.Module):
     def __init__(self, channels: int, attention: str = "dual", identity_init: bool = False, **attn_kwargs) -> None:
         super().__init__()
         self.channels = _check_channels(type(self).__name__, channels)
-        if identity_init:
-            attn_kwargs["identity_init"] = True
+        if identity_init and "identity_init" in _accepts(_builder(attention)):
+            attn_kwargs["identity_init"] = True  # the zero conv alone already makes the block the identity
         self.attn = create_attention(attention, channels, **attn_kwargs)
         self.conv = nn.Conv2d(self.channels, self.channels, kernel_size=3, padding=1)
         self.identity_init = bool(identity_init)
@@ -484,8 +497,9 @@ class AttnResBlock(nn.Module):
             nn.init.zeros_(self.conv.bias)
 
     def reset_parameters(self) -> None:
-        """C8 initialisation of this block only (Kaiming fan_out, zero bias; zero conv if identity_init)."""
-        self.attn.reset_parameters()
+        """C8 initialisation of this block only (Kaiming fan_out, zero bias; zero conv if identity_init);
+        the attention module gets :func:`init_attention_` (its own ``reset_parameters`` when it has one)."""
+        init_attention_(self.attn)
         if self.identity_init:
             nn.init.zeros_(self.conv.weight)
         else:

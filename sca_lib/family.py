@@ -49,9 +49,12 @@ class CBAM(AttentionModule):
         F' = M_c(F) * F,    F'' = M_s(F') * F'
 
     Pooling is global (adaptive) over H x W for ``M_c`` and over the channels for ``M_s``; the 7x7
-    convolution maps the 2 pooled maps to 1, without bias and followed by BatchNorm as in the
-    authors' code (and timm's ``CbamModule``). The MLP is ``1x1 conv C -> C/r, ReLU, 1x1 conv
-    C/r -> C`` with biases (the authors' ``nn.Linear``).
+    convolution maps the 2 pooled maps to 1, without bias and followed by BatchNorm, as in the
+    authors' code and timm's ``CbamModule``. The MLP is ``1x1 conv C -> C/r, ReLU, 1x1 conv
+    C/r -> C`` with biases (the authors' ``nn.Linear``). Two details follow the paper and timm
+    rather than the authors' code, which stacks [max; mean] and uses BatchNorm momentum 0.01: the
+    order [mean; max] and PyTorch's default momentum (the same model up to a permutation of the
+    conv's two input channels).
 
     Args:
         channels: C.
@@ -95,10 +98,13 @@ class CBAM(AttentionModule):
         return y * s
 
 
-def eca_kernel_size(channels: int, gamma: float = 2.0, beta: float = 1.0) -> int:
-    """ECA's adaptive kernel size: ``k = |log2(C) / gamma + beta / gamma|_odd`` (the nearest odd
-    number at or above the integer part), as in the paper's code. For C = 64, 256, 512: 3, 5, 5."""
-    t = int(abs((math.log2(channels) + beta) / gamma))
+def eca_kernel_size(channels: int, gamma: float = 2.0, b: float = 1.0) -> int:
+    """ECA's adaptive kernel size: ``k = |log2(C) / gamma + b / gamma|_odd`` (the integer part, made
+    odd by adding 1), as in the paper's code. For C = 64, 256, 512: 3, 5, 5. Below 8 channels this
+    gives 1 (no interaction between channels); timm clamps it to at least 3 there."""
+    if not gamma > 0:
+        raise ValueError(f"eca_kernel_size: gamma must be positive, got {gamma}")
+    t = int(abs((math.log2(channels) + b) / gamma))
     return t if t % 2 else t + 1
 
 
@@ -113,17 +119,17 @@ class ECA(AttentionModule):
     Args:
         channels: C.
         kernel_size: override the adaptive k (odd).
-        gamma, beta: the paper's constants in the kernel-size rule (2 and 1).
+        gamma, b: the paper's constants in the kernel-size rule (2 and 1); see :func:`eca_kernel_size`.
 
     Maps: ``channel`` is ``w`` (N, C); no spatial map.
     """
 
     def __init__(self, channels: int, *, kernel_size: Optional[int] = None, gamma: float = 2.0,
-                 beta: float = 1.0) -> None:
+                 b: float = 1.0) -> None:
         super().__init__()
         name = type(self).__name__
         self.channels = _check_channels(name, channels)
-        k = eca_kernel_size(self.channels, gamma, beta) if kernel_size is None else positive_int(
+        k = eca_kernel_size(self.channels, gamma, b) if kernel_size is None else positive_int(
             name, "kernel_size", kernel_size)
         if k % 2 == 0:
             raise ValueError(f"{name}: kernel_size must be odd, got {k}")
@@ -344,8 +350,12 @@ def matched_hidden(channels: int, reduction: int, by: str) -> int:
     counted as ``sca_lib.profile`` counts them (multiply-adds, pooling reads, elementwise products
     and adds): the dual module about ``4 C`` (pool, spatial conv, two products), the bottleneck
     ``2 C h + C`` (two 1x1 convs, the residual add); the dual module's channel MLP runs once per
-    image, not per position, and is left out, so a tie goes to the wider block. The measured
-    ratios are in ``results/family/costs.md``.
+    image, not per position, and is left out, so a tie goes to the wider block. The FLOPs match is
+    therefore only as good as that omission: measured (``count_flops``), the bottleneck costs 1.16x
+    the dual module at the cpu study's place (48 channels, 7x7), 0.75x at 512 channels on 7x7 and
+    0.35x at 2048 channels on 7x7, where the dual's MLP dominates; and with widths of 1 or 2 it is
+    never closer than about 20 %. ``results/family/costs.md`` has the measured ratios at each
+    placement.
     """
     c, k = channels, max(channels // reduction, 1)
     if by == "params":

@@ -62,10 +62,12 @@ class AttentionSpec:
         identity_init: start every attention module as the identity.
     """
 
-    kind: Optional[str] = _knob(None, "dual, channel, spatial, lite, ... or none (a plain model)", _opt_str)
+    kind: Optional[str] = _knob(None, "dual, channel, spatial, lite, se, cbam, scse, eca, coord, sca_cnn, ... "
+                                      "(sca_lib.attention.list_attentions()) or none (a plain model)", _opt_str)
     placement: Optional[Union[str, Tuple[str, ...]]] = _knob(
         None, "where the module goes: a name (or comma-separated names) from list_placements(backbone)", _placement)
-    reduction: Optional[int] = _knob(None, "channel-path reduction ratio (default 8; 16 for lite)", _opt_int)
+    reduction: Optional[int] = _knob(None, "reduction ratio (default: the module's, 8 for dual; 16 for lite, se and cbam; "
+                                            "none for eca)", _opt_int)
     strength: Optional[str] = _knob(None, "C10 strength: classification | detection | segmentation", _opt_str)
     alpha: Optional[float] = _knob(None, "spatial-path strength in [0, 1] (default 1)", _opt_float)
     beta: Optional[float] = _knob(None, "channel-path strength in [0, 1] (default 1)", _opt_float)

@@ -259,7 +259,7 @@ def test_record_attention_maps_and_no_cost_when_off():
         (lambda: DualAttention(16, paths="spatial", beta=0.5), "channel path"),
         (lambda: DualAttention(16, drop_rate=1.0), "drop_rate"),
         (lambda: create_attention("bam", 16), "unknown attention 'bam'; expected one of cbam, channel, coord"),
-        (lambda: create_attention("eca", 16, reduction=4), "attention 'eca' takes no reduction; it accepts beta, gamma, kernel_size"),
+        (lambda: create_attention("eca", 16, reduction=4), "attention 'eca' takes no reduction \\(or its name fixes it\\); it accepts b, gamma, kernel_size"),
     ],
 )
 def test_construction_errors(build, match):
