@@ -27,8 +27,10 @@ How a detector is built (the order matters for weights, as in :func:`~sca_lib.ba
    paths are those of the classifier, under ``backbone.body``), and/or C13's
    :class:`FPNAttention` after the FPN.
 
-Attention defaults to the article's detection strengths (C10: ``alpha=0.7``, ``beta=0.5``); pass
-``strength=`` or ``alpha=`` / ``beta=`` to override (``alpha=1, beta=1`` is C1's plain product).
+The article's module (and its fusion variants) defaults to the article's detection strengths (C10:
+``alpha=0.7``, ``beta=0.5``); pass ``strength=`` or ``alpha=`` / ``beta=`` to override (``alpha=1,
+beta=1`` is C1's plain product). The rest of the family (``"cbam"``, ``"eca"``, ...) has no strengths
+and is built as it is.
 
 Placement defaults: ResNet ``"detection"`` (C4: every block of stages 3 and 4 that keeps its
 channels and stride is replaced by an :class:`~sca_lib.attention.AttnResBlock`; ``layer3.0`` and
@@ -62,7 +64,7 @@ from torchvision.ops import FrozenBatchNorm2d
 from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 
 from ._checks import feature_map, positive_int
-from .attention import create_attention, list_attentions
+from .attention import _accepts, _builder, create_attention, list_attentions
 from .backbones import _backbone, _places, build_classifier, load_state_dict_file
 from .placements import apply_placements, resolve_placements
 from .spec import AttentionSpec
@@ -310,9 +312,12 @@ def _load_detector(model: nn.Module, sd: Mapping[str, torch.Tensor], name: str, 
     model.load_state_dict(sd, strict=False)
 
 
-def _strength_kwargs(kwargs: Dict[str, Any]) -> Dict[str, Any]:
-    """C10's detection strengths unless the caller set a strength or alpha/beta."""
+def _strength_kwargs(kwargs: Dict[str, Any], kind: Optional[str]) -> Dict[str, Any]:
+    """C10's detection strengths for a module that has strengths (the article's and its fusion
+    variants), unless the caller set a strength or alpha/beta; other modules get ``kwargs`` as given."""
     if any(kwargs.get(k) is not None for k in ("strength", "alpha", "beta")):
+        return dict(kwargs)
+    if kind is None or "strength" not in _accepts(_builder(kind)):
         return dict(kwargs)
     return {**kwargs, "strength": "detection"}
 
@@ -432,7 +437,7 @@ def build_detector(
     fpn_kind = _attention_kind(fpn_attention, "fpn_attention")
     if kind is None and fpn_kind is None and kwargs:
         raise ValueError(f"attention keywords {sorted(kwargs)} given but no attention; set attention= or fpn_attention=")
-    kwargs = _strength_kwargs(kwargs)
+    trunk_kwargs, fpn_kwargs = _strength_kwargs(kwargs, kind), _strength_kwargs(kwargs, fpn_kind)
 
     trunk = build_classifier(name, attention=None, weights=weights_backbone)
     trunk_source = trunk.sca_config["weights"]
@@ -468,17 +473,17 @@ def build_detector(
     modules: Dict[str, str] = {}
     if kind is not None:
         where = default_detector_placement(name) if placement is None else placement
-        resolved, modules = _apply_trunk_attention(fpn_backbone.body, name, bb.family, where, kind, kwargs)
+        resolved, modules = _apply_trunk_attention(fpn_backbone.body, name, bb.family, where, kind, trunk_kwargs)
     if fpn_kind is not None:
         fpn_backbone.fpn_attention = FPNAttention(256, levels, fpn_kind, shared=fpn_shared, fusion=fpn_fusion,
-                                                  **kwargs)
+                                                  **fpn_kwargs)
     _tag_detector(model)
     model.sca_config = {  # type: ignore[attr-defined]
         "task": "detection", "backbone": name, "attention": kind, "placement": resolved, "modules": modules,
         "fpn_attention": fpn_kind, "fpn_shared": bool(fpn_shared) if fpn_kind else None,
         "fpn_fusion": bool(fpn_fusion) if fpn_kind else None,
         "pyramid": levels, "num_classes": num_classes, "weights": source, "weights_backbone": trunk_source,
-        "frozen_bn": bool(frozen_bn), "attention_kwargs": kwargs if (kind or fpn_kind) else {},
+        "frozen_bn": bool(frozen_bn), "attention_kwargs": (trunk_kwargs if kind else fpn_kwargs) if (kind or fpn_kind) else {},
         "anchor_sizes": list(sizes), "box_head_size": box_head_size, "min_size": min_size, "max_size": max_size,
     }
     return model

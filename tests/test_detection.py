@@ -168,8 +168,8 @@ def test_weights_backbone_and_detector_weights_from_local_files(tmp_path):
 def test_bad_arguments_say_what_to_do():
     with pytest.raises(ValueError, match="unknown detector backbone 'vgg16'"):
         build_detector("vgg16")
-    with pytest.raises(ValueError, match="unknown fpn_attention 'se'"):
-        build_detector("resnet18", fpn_attention="se")
+    with pytest.raises(ValueError, match="unknown fpn_attention 'sse'"):
+        build_detector("resnet18", fpn_attention="sse")
     with pytest.raises(ValueError, match="attention=None"):
         build_detector("resnet18", placement="layer3.1")
     with pytest.raises(ValueError, match="no attention"):

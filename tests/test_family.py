@@ -374,3 +374,17 @@ def test_attention_residual_blocks_take_every_module(name):
     assert block(x).shape == x.shape
     same = AttnResBlock(32, attention=name, identity_init=True)
     torch.testing.assert_close(same(x), x)  # the zero conv makes the block the identity whatever the module
+
+
+def test_the_family_goes_into_a_detector_trunk_and_onto_its_fpn():
+    from sca_lib import build_detector
+
+    torch.manual_seed(0)
+    model = build_detector("mobilenet_v3_small", attention="cbam", fpn_attention="eca", num_classes=3).eval()
+    assert model.sca_config["attention_kwargs"] == {}  # no C10 strengths for modules that have none
+    assert any(isinstance(m, CBAM) for m in model.modules()) and any(isinstance(m, ECA) for m in model.modules())
+    with torch.no_grad():
+        out = model([torch.rand(3, 96, 96)])
+    assert set(out[0]) == {"boxes", "labels", "scores"}
+    dual = build_detector("mobilenet_v3_small", attention="dual", fpn_attention="coord", num_classes=3)
+    assert dual.sca_config["attention_kwargs"] == {"strength": "detection"}  # the article's module keeps them

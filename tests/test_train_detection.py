@@ -83,8 +83,8 @@ def test_detection_config_and_schedule():
         TrainConfig.from_mode("cpu", fpn_attention="dual")
     with pytest.raises(ValueError, match="nothing to re-estimate"):
         TrainConfig.from_mode("cpu", task="detection", bn_policy="reestimate")
-    with pytest.raises(ValueError, match="unknown fpn_attention 'se'"):
-        TrainConfig.from_mode("cpu", task="detection", fpn_attention="se")
+    with pytest.raises(ValueError, match="unknown fpn_attention 'sse'"):
+        TrainConfig.from_mode("cpu", task="detection", fpn_attention="sse")
     with pytest.raises(ValueError, match="task must be one of"):
         TrainConfig.from_mode("cpu", task="segmentation")
 
