@@ -424,7 +424,7 @@ def _builder(name: object) -> Callable[..., nn.Module]:
 def _accepts(builder: Callable[..., nn.Module]) -> set:
     """The keyword names ``create_attention`` may pass to ``builder``: its parameters (a class's
     ``**kwargs`` followed up its parents' ``__init__``), less those its registry entry fixes."""
-    fixed = set(getattr(builder, "keywords", {}) or {})
+    fixed = set(getattr(builder, "keywords", {}) or {}) - {"reduction"}  # a name's reduction is a default
     target = getattr(builder, "func", builder)
     names: set = set()
     chain = target.__mro__ if isinstance(target, type) else (target,)

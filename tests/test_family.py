@@ -310,6 +310,16 @@ def test_every_name_is_described_and_maps_are_recorded_where_there_are_gates():
         assert got["channel"] is not None or got["spatial"] is not None, name
 
 
+def test_every_name_builds_from_its_spec_with_its_defaults_spelled_out():
+    """The training config's path: the spec normalised (default reduction made explicit), then built."""
+    for name in list_attentions():
+        spec = normalise_spec(AttentionSpec(name), "mobilenet_v3_small")
+        assert spec.reduction == default_reduction(name)
+        model = build_classifier("mobilenet_v3_small", spec, num_classes=3)
+        assert model.sca_config["attention"] == name
+    assert create_attention("se", 64, reduction=8).channel.fc1.out_channels == 8  # a name's reduction is a default
+
+
 def test_a_setting_a_module_does_not_take_is_refused_with_the_ones_it_does():
     with pytest.raises(ValueError, match="attention 'coord' takes no strength \\(or its name fixes it\\); it accepts "
                                          "min_hidden, rd_channels, reduction"):
