@@ -238,6 +238,14 @@ GRIDS: Dict[str, Grid] = {
                     "attention declared primary before it ran. The plain and dual runs are the cpu study's own.",
         primary=tuple(("family", a) for a in FAMILY), settings=CPU_PROTOCOL, placements=CPU_PLACEMENTS,
     ),
+    "family_full": Grid(
+        "family_full", "full", (0, 1, 2, 3, 4),
+        tuple(dataclasses.replace(st, backbones=("resnet50",)) for st in _FAMILY_STUDIES),
+        description="The family study for a GPU: the same studies on ResNet50 with ImageNet weights on real VOC2012, "
+                    "every module inside layer4.1 (SE's position), the full mode's staged recipe, 5 seeds; each "
+                    "module against no attention declared primary. Not run yet.",
+        primary=tuple(("family", a) for a in FAMILY), placements={"resnet50": "layer4.1.inside"},
+    ),
     "detection_fast": Grid(
         "detection_fast", "fast", (0, 1),
         (Study("variants", "plumbing check: attention in a Faster R-CNN's trunk or on its FPN (C13)", "attention",
