@@ -250,10 +250,13 @@ def plot_study(df: pd.DataFrame, table: pd.DataFrame, study: str, metric: str = 
     sub = df[df.study == study].copy()
     st = _study(df, study)
     sub["setting"] = sub.apply(lambda r: _label(st, r), axis=1)
-    sub["label"] = sub["backbone"] + "\n" + sub["setting"]
+    one = table["backbone"].nunique() == 1  # one backbone: name it in the title, label the settings alone
+    sub["label"] = sub["setting"] if one else sub["backbone"] + "\n" + sub["setting"]
     lines = table[table["setting"].map(is_reference_row)]
     table = table[~table["setting"].map(is_reference_row)]
-    table = table.assign(label=table["backbone"] + "\n" + table["setting"])
+    table = table.assign(label=table["setting"] if one else table["backbone"] + "\n" + table["setting"])
+    if one and not title:
+        title = f"{study} ({table['backbone'].iloc[0]})"
     order = table["label"].tolist()
     fig, axes = plt.subplots(1, 2, figsize=(max(8, 1.6 * len(order) + 4), 4.2))
     sns.stripplot(data=sub, x="label", y=metric, order=order, ax=axes[0], color="0.4", size=5, jitter=0.1)
