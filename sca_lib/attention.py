@@ -41,6 +41,7 @@ __all__ = [
     "create_attention",
     "list_attentions",
     "default_reduction",
+    "attention_settings",
     "ATTENTION_TYPES",
     "is_attention",
     "attention_modules",
@@ -439,6 +440,13 @@ def _accepts(builder: Callable[..., nn.Module]) -> set:
     return names - fixed - {"self", "channels"}
 
 
+def attention_settings(name: str) -> tuple:
+    """The keyword settings ``create_attention(name, C, **settings)`` takes, sorted, e.g.
+    ``attention_settings("eca") == ("b", "gamma", "kernel_size")``; whether a module has strengths
+    is ``"strength" in attention_settings(name)``."""
+    return tuple(sorted(_accepts(_builder(name))))
+
+
 def default_reduction(name: str) -> Optional[int]:
     """The reduction ratio a module built by ``create_attention(name, C)`` uses when none is given
     (None for a module without one, e.g. ``"eca"``)."""
@@ -487,7 +495,7 @@ class AttnResBlock(nn.Module):
     def __init__(self, channels: int, attention: str = "dual", identity_init: bool = False, **attn_kwargs) -> None:
         super().__init__()
         self.channels = _check_channels(type(self).__name__, channels)
-        if identity_init and "identity_init" in _accepts(_builder(attention)):
+        if identity_init and "identity_init" in attention_settings(attention):
             attn_kwargs["identity_init"] = True  # the zero conv alone already makes the block the identity
         self.attn = create_attention(attention, channels, **attn_kwargs)
         self.conv = nn.Conv2d(self.channels, self.channels, kernel_size=3, padding=1)

@@ -64,7 +64,7 @@ from torchvision.ops import FrozenBatchNorm2d
 from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 
 from ._checks import feature_map, positive_int
-from .attention import _accepts, _builder, create_attention, list_attentions
+from .attention import attention_settings, create_attention, list_attentions
 from .backbones import _backbone, _places, build_classifier, load_state_dict_file
 from .placements import apply_placements, resolve_placements
 from .spec import AttentionSpec
@@ -317,7 +317,7 @@ def _strength_kwargs(kwargs: Dict[str, Any], kind: Optional[str]) -> Dict[str, A
     variants), unless the caller set a strength or alpha/beta; other modules get ``kwargs`` as given."""
     if any(kwargs.get(k) is not None for k in ("strength", "alpha", "beta")):
         return dict(kwargs)
-    if kind is None or "strength" not in _accepts(_builder(kind)):
+    if kind is None or "strength" not in attention_settings(kind):
         return dict(kwargs)
     return {**kwargs, "strength": "detection"}
 

@@ -283,8 +283,8 @@ class SCACNNAttention(AttentionModule):
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
-        """PyTorch's default for the conv and linear maps; the k-vectors ~ N(0, 1/k) (w_c, w_i') or 0
-        (b_c), the learned query ~ N(0, 0.01). :func:`~sca_lib.attention.init_attention_` keeps this
+        """PyTorch's default for the conv and linear maps; the k-vectors w_c and w_i' normal with
+        standard deviation 1/sqrt(k), b_c zero, the learned query normal with standard deviation 0.1. :func:`~sca_lib.attention.init_attention_` keeps this
         (C8's fan_out rule would give the 1-output ``w_i`` a standard deviation of 1.4 and a
         softmax that starts almost one-hot)."""
         for m in (self.w_s, self.w_hs, self.w_i, self.w_hc):

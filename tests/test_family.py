@@ -7,8 +7,8 @@ import pytest
 import torch
 from torch import nn
 
-from sca_lib.attention import (CONTROLS, DESCRIPTIONS, AttnResBlock, DualAttention, create_attention,
-                               default_reduction, init_attention_, is_attention, list_attentions)
+from sca_lib.attention import (CONTROLS, DESCRIPTIONS, AttnResBlock, DualAttention, attention_settings,
+                               create_attention, default_reduction, init_attention_, is_attention, list_attentions)
 from sca_lib.backbones import _backbone, _places, build_classifier, list_backbones, normalise_spec
 from sca_lib.family import CBAM, ECA, CoordinateAttention, ResidualBottleneck, SCACNNAttention, eca_kernel_size
 from sca_lib.maps import record_attention
@@ -329,6 +329,9 @@ def test_a_setting_a_module_does_not_take_is_refused_with_the_ones_it_does():
     with pytest.raises(ValueError, match="attention 'eca' takes no beta"):  # the strength, not ECA's constant b
         build_classifier("resnet18", AttentionSpec("eca", beta=0.5), num_classes=3)
     assert normalise_spec(AttentionSpec("eca"), "resnet18").reduction is None
+    assert attention_settings("eca") == ("b", "gamma", "kernel_size")
+    assert "strength" in attention_settings("lite") and "strength" not in attention_settings("cbam")
+    assert "paths" not in attention_settings("se") and "reduction" in attention_settings("se")
     assert normalise_spec(AttentionSpec("coord"), "resnet18").reduction == 32
 
 
