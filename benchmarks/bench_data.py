@@ -4,8 +4,8 @@ Two measurements:
 
 ``throughput`` (the default measurement): images per second through a ``DataLoader`` for the classification and
 the detection dataset, with 0 and 2 worker processes, printed side by side, plus the synthetic
-generator's own speed. Each cell is the best of ``--repeats`` full passes after one warm-up pass,
-so it measures decoding + transforms + collation, not the page cache filling up.
+generator's own speed. Each cell is the median of ``--repeats`` full passes after one warm-up pass,
+with their [min, max], so it measures decoding + transforms + collation, not the page cache filling up.
 
     python benchmarks/bench_data.py                         # synthetic target-cpu devkit, 96 px
     python benchmarks/bench_data.py --mode fast --repeats 1
@@ -27,9 +27,11 @@ from __future__ import annotations
 import argparse
 import os
 import platform
+import statistics
 import sys
 import time
 from pathlib import Path
+from typing import Tuple
 
 import numpy as np
 import torch
@@ -53,18 +55,18 @@ def _root(args) -> Path:
     return ensure_synthetic("target", args.mode, verbose=True)
 
 
-def _rate(loader: DataLoader, repeats: int) -> float:
-    n = 0
+def _rate(loader: DataLoader, repeats: int) -> Tuple[float, float, float]:
+    """Images per second over ``repeats`` passes after a warm-up pass: (median, min, max)."""
     for _ in loader:  # warm-up: worker start-up, page cache
         pass
-    best = float("inf")
+    rates = []
     for _ in range(repeats):
         t0 = time.perf_counter()
         n = 0
         for batch in loader:
             n += len(batch[0])
-        best = min(best, time.perf_counter() - t0)
-    return n / best
+        rates.append(n / (time.perf_counter() - t0))
+    return statistics.median(rates), min(rates), max(rates)
 
 
 def throughput(args) -> int:
@@ -75,7 +77,7 @@ def throughput(args) -> int:
     print(f"data: {cls!r}")
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, torch "
           f"{torch.__version__}, intra-op threads {torch.get_num_threads()}; batch {args.batch_size}, "
-          f"{args.size} px, best of {args.repeats} pass(es)")
+          f"{args.size} px, median [min, max] of {args.repeats} pass(es)")
     rows = []
     for name, ds, collate in (("classification", cls, None), ("detection", det, detection_collate)):
         rates = []
@@ -84,10 +86,10 @@ def throughput(args) -> int:
                                 collate_fn=collate, persistent_workers=workers > 0)
             rates.append(_rate(loader, args.repeats))
         rows.append((name, rates))
-    head = "".join(f"{f'{w} workers':>14}" for w in args.workers)
+    head = "".join(f"{f'{w} workers':>24}" for w in args.workers)
     print(f"\n{'images/s':<16}{head}")
     for name, rates in rows:
-        print(f"{name:<16}" + "".join(f"{r:>14.0f}" for r in rates))
+        print(f"{name:<16}" + "".join(f"{f'{med:.0f} [{lo:.0f}, {hi:.0f}]':>24}" for med, lo, hi in rates))
     # the generator itself
     cfg = make_config("target", "fast", n_train=args.gen_images, n_val=0)
     import tempfile

@@ -230,7 +230,9 @@ def compare_latency(models: Mapping[str, nn.Module], input_size: SizeArg = (3, 2
     """Median latency (ms) of several models measured **interleaved**: round r times every model once.
 
     Interleaving spreads slow periods of a shared machine (other processes, thermal throttling)
-    over all models, so ratios between them are fairer than from back-to-back measurements.
+    over all models, so ratios between them are fairer than from back-to-back measurements. The
+    order alternates round by round (A B C, then C B A, ...), so no model is always timed right
+    after the same neighbour (its caches, the allocator's state, a clock ramping up).
     """
     device = torch.device(device)
     x = torch.randn(_input_shape(input_size, batch_size), device=device)
@@ -242,9 +244,10 @@ def compare_latency(models: Mapping[str, nn.Module], input_size: SizeArg = (3, 2
                 m.to(device).eval()
                 for _ in range(warmup):
                     m(x)
-            for _ in range(runs):
-                for name, m in models.items():
-                    times[name].append(_time_once(m, x))
+            names = list(models)
+            for r in range(runs):
+                for name in (names if r % 2 == 0 else names[::-1]):
+                    times[name].append(_time_once(models[name], x))
     finally:
         for name, m in models.items():
             m.train(states[name])

@@ -140,3 +140,20 @@ def test_add_ratios_to_a_baseline_row():
     assert table["params_ratio"].tolist() == pytest.approx([16 / 32, 1.0])
     assert table["flops_fvcore_ratio"].tolist() == pytest.approx([0.5, 1.0])
     assert table["latency_ratio_b1"].iloc[1] == 1.0
+
+
+def test_compare_latency_alternates_the_order_round_by_round():
+    calls = []
+
+    class Named(nn.Module):
+        def __init__(self, name):
+            super().__init__()
+            self.name = name
+
+        def forward(self, x):
+            calls.append(self.name)
+            return x
+
+    ms = compare_latency({n: Named(n) for n in "abc"}, (3, 4, 4), warmup=1, runs=4)
+    assert calls == list("abc") + list("abc") + list("cba") + list("abc") + list("cba")  # warm-up, then 4 rounds
+    assert set(ms) == set("abc") and all(v >= 0 for v in ms.values())
