@@ -16,12 +16,16 @@ for max pooling. ``include_elementwise=False`` gives fvcore's own number. :func:
 reports both.
 
 Latency: warm-up runs, then the median of ``runs`` timed forwards under ``torch.inference_mode``
-in eval mode; on CUDA each run is bracketed by ``torch.cuda.synchronize()``. CPU numbers depend on
-the thread count (recorded in the table) and on whatever else the machine runs.
+in eval mode, the models interleaved in an order that alternates round by round; on CUDA each run
+is bracketed by ``torch.cuda.synchronize()``. CPU numbers depend on the thread count (recorded in
+the table) and on whatever else the machine runs. :func:`paired_latency` gives ratios paired
+round by round with their [min, max] and a copy of the first model as a control, the spread that
+says how small an effect a measurement can resolve.
 """
 
 from __future__ import annotations
 
+import copy
 import logging
 import statistics
 import time
@@ -45,6 +49,7 @@ __all__ = [
     "attention_cost",
     "measure_latency",
     "compare_latency",
+    "paired_latency",
     "cost_table",
     "add_ratios",
     "compare_costs",
@@ -220,20 +225,14 @@ def measure_latency(model: nn.Module, input_size: SizeArg = (3, 224, 224), batch
     CUDA runs are synchronised. Keep ``runs`` small on CPU: VGG16 at 224x224, batch 32, takes
     seconds per run.
     """
-    if runs < 1 or warmup < 0:
-        raise ValueError(f"need runs >= 1 and warmup >= 0, got runs={runs}, warmup={warmup}")
     return compare_latency({"m": model}, input_size, batch_size, device, warmup, runs)["m"]
 
 
-def compare_latency(models: Mapping[str, nn.Module], input_size: SizeArg = (3, 224, 224), batch_size: int = 1,
-                    device: Union[str, torch.device] = "cpu", warmup: int = 2, runs: int = 5) -> Dict[str, float]:
-    """Median latency (ms) of several models measured **interleaved**: round r times every model once.
-
-    Interleaving spreads slow periods of a shared machine (other processes, thermal throttling)
-    over all models, so ratios between them are fairer than from back-to-back measurements. The
-    order alternates round by round (A B C, then C B A, ...), so no model is always timed right
-    after the same neighbour (its caches, the allocator's state, a clock ramping up).
-    """
+def _interleaved_times(models: Mapping[str, nn.Module], input_size: SizeArg, batch_size: int,
+                       device: Union[str, torch.device], warmup: int, runs: int) -> Dict[str, List[float]]:
+    """Every model's forward times (ms), round by round, the order alternating (see :func:`compare_latency`)."""
+    if runs < 1 or warmup < 0:
+        raise ValueError(f"need runs >= 1 and warmup >= 0, got runs={runs}, warmup={warmup}")
     device = torch.device(device)
     x = torch.randn(_input_shape(input_size, batch_size), device=device)
     times: Dict[str, List[float]] = {name: [] for name in models}
@@ -251,7 +250,49 @@ def compare_latency(models: Mapping[str, nn.Module], input_size: SizeArg = (3, 2
     finally:
         for name, m in models.items():
             m.train(states[name])
+    return times
+
+
+def compare_latency(models: Mapping[str, nn.Module], input_size: SizeArg = (3, 224, 224), batch_size: int = 1,
+                    device: Union[str, torch.device] = "cpu", warmup: int = 2, runs: int = 5) -> Dict[str, float]:
+    """Median latency (ms) of several models measured **interleaved**: round r times every model once.
+
+    Interleaving spreads slow periods of a shared machine (other processes, thermal throttling)
+    over all models, so ratios between them are fairer than from back-to-back measurements. The
+    order alternates round by round (A B C, then C B A, ...), so no model is always timed right
+    after the same neighbour (its caches, the allocator's state, a clock ramping up).
+    """
+    times = _interleaved_times(models, input_size, batch_size, device, warmup, runs)
     return {name: statistics.median(t) for name, t in times.items()}
+
+
+def paired_latency(models: Mapping[str, nn.Module], input_size: SizeArg = (3, 224, 224), batch_size: int = 1,
+                   device: Union[str, torch.device] = "cpu", warmup: int = 2, runs: int = 21,
+                   control: bool = True) -> pd.DataFrame:
+    """Latency ratios to the first model, paired round by round, with the spread that says what they resolve.
+
+    The models are timed as :func:`compare_latency` times them (interleaved, alternating order,
+    ``warmup`` untimed calls each). In each round every model's time is divided by the first
+    model's time of the same round; a row reports the median of those ratios and their
+    [min, max]. With ``control=True`` a copy of the first model is timed too (``"<first> (copy)"``):
+    its ratio should be 1, and how far its [min, max] strays from 1 is the smallest effect the
+    measurement can resolve. Returns a DataFrame: ``model``, ``median_ms``, ``ratio``,
+    ``ratio_min``, ``ratio_max``, ``rounds``.
+    """
+    models = dict(models)
+    if not models:
+        raise ValueError("paired_latency needs at least one model")
+    first = next(iter(models))
+    if control:
+        models[f"{first} (copy)"] = copy.deepcopy(models[first])
+    times = _interleaved_times(models, input_size, batch_size, device, warmup, runs)
+    base = times[first]
+    rows = []
+    for name, t in times.items():
+        ratios = [a / b for a, b in zip(t, base)]
+        rows.append({"model": name, "median_ms": statistics.median(t), "ratio": statistics.median(ratios),
+                     "ratio_min": min(ratios), "ratio_max": max(ratios), "rounds": len(t)})
+    return pd.DataFrame(rows)
 
 
 def cost_table(models: Mapping[str, nn.Module], input_size: SizeArg = (1, 3, 224, 224),

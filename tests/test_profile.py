@@ -157,3 +157,35 @@ def test_compare_latency_alternates_the_order_round_by_round():
     ms = compare_latency({n: Named(n) for n in "abc"}, (3, 4, 4), warmup=1, runs=4)
     assert calls == list("abc") + list("abc") + list("cba") + list("abc") + list("cba")  # warm-up, then 4 rounds
     assert set(ms) == set("abc") and all(v >= 0 for v in ms.values())
+
+
+def test_paired_latency_divides_round_by_round_and_times_a_control(monkeypatch):
+    from sca_lib.profile import paired_latency
+
+    scripted = {"plain": [10.0, 20.0, 10.0], "attn": [11.0, 24.0, 12.0], "plain (copy)": [10.0, 22.0, 9.0]}
+    seen = {k: 0 for k in scripted}
+
+    def fake_time(model, x):
+        name = model.tag
+        seen[name] += 1
+        return scripted[name][seen[name] - 1]
+
+    class Tagged(nn.Identity):
+        def __init__(self, tag):
+            super().__init__()
+            self.tag = tag
+
+    monkeypatch.setattr(sca_lib.profile, "_time_once", fake_time)
+    plain = Tagged("plain")
+    original_deepcopy = sca_lib.profile.copy.deepcopy
+    monkeypatch.setattr(sca_lib.profile.copy, "deepcopy", lambda m: Tagged("plain (copy)") if m is plain
+                        else original_deepcopy(m))
+    t = paired_latency({"plain": plain, "attn": Tagged("attn")}, (3, 4, 4), warmup=0, runs=3).set_index("model")
+    assert list(t.index) == ["plain", "attn", "plain (copy)"]
+    assert t.loc["plain", "ratio"] == 1.0 and t.loc["plain", "rounds"] == 3
+    # per-round ratios 1.1, 1.2, 1.2: median 1.2 (not the ratio of medians, 12 / 10 = 1.2 here by chance: check min/max)
+    assert t.loc["attn", "ratio"] == pytest.approx(1.2) and t.loc["attn", "ratio_min"] == pytest.approx(1.1)
+    assert t.loc["plain (copy)", "ratio_min"] == pytest.approx(0.9) and t.loc["plain (copy)", "ratio_max"] == pytest.approx(1.1)
+    assert t.loc["attn", "median_ms"] == 12.0
+    with pytest.raises(ValueError, match="at least one model"):
+        paired_latency({})
