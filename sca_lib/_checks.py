@@ -12,7 +12,7 @@ from typing import Optional
 
 import torch
 
-__all__ = ["positive_int", "real_in", "float_tensor", "feature_map"]
+__all__ = ["positive_int", "real_in", "one_of", "float_tensor", "feature_map"]
 
 
 def positive_int(owner: str, arg: str, value: object, hint: str = "") -> int:
@@ -31,6 +31,12 @@ def real_in(owner: str, arg: str, value: object, low: float, high: float, high_o
         interval = f"[{low:g}, {high:g}{')' if high_open else ']'}"
         raise ValueError(f"{owner} expects `{arg}` in {interval}, got {value!r}")
     return float(value)
+
+
+def one_of(owner: str, arg: str, value: object, choices: "tuple", hint: str = "") -> None:
+    """A ValueError naming ``owner``, ``arg`` and the valid ``choices`` unless ``value`` is one of them."""
+    if value not in choices:
+        raise ValueError(f"{owner}: unknown {arg} {value!r}; expected one of {', '.join(choices)}{hint}")
 
 
 def float_tensor(owner: str, x: object, shape: str = "(N, C, H, W)", like: "Optional[torch.nn.Module]" = None) -> None:

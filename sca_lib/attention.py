@@ -29,7 +29,7 @@ from typing import Callable, Dict, Optional, Type, Union
 import torch
 from torch import nn
 
-from ._checks import feature_map, positive_int, real_in
+from ._checks import feature_map, one_of, positive_int, real_in
 
 __all__ = [
     "AttentionModule",
@@ -246,10 +246,8 @@ class DualAttention(AttentionModule):
         super().__init__()
         name = type(self).__name__
         self.channels = _check_channels(name, channels)
-        if paths not in PATHS:
-            raise ValueError(f"{name}: unknown paths {paths!r}; expected one of {', '.join(PATHS)}")
-        if fusion not in FUSIONS:
-            raise ValueError(f"{name}: unknown fusion {fusion!r}; expected one of {', '.join(FUSIONS)}")
+        one_of(name, "paths", paths, PATHS)
+        one_of(name, "fusion", fusion, FUSIONS)
         if fusion != "multiply" and paths != "dual":
             raise ValueError(f"{name}: fusion={fusion!r} combines two paths; paths={paths!r} has one "
                              f"(use fusion='multiply', the default)")

@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ._checks import feature_map, positive_int
+from ._checks import feature_map, one_of, positive_int
 from .attention import AttentionModule, ChannelAttention, LayerType, _check_channels, _reduced_channels
 
 __all__ = ["CBAM", "ECA", "eca_kernel_size", "CoordinateAttention", "SCACNNAttention", "ResidualBottleneck",
@@ -260,10 +260,8 @@ class SCACNNAttention(AttentionModule):
         super().__init__()
         name = type(self).__name__
         self.channels = _check_channels(name, channels)
-        if order not in SCA_ORDERS:
-            raise ValueError(f"{name}: unknown order {order!r}; expected 'cs' (channel then spatial) or 'sc'")
-        if query not in SCA_QUERIES:
-            raise ValueError(f"{name}: unknown query {query!r}; expected one of {', '.join(SCA_QUERIES)}")
+        one_of(name, "order", order, SCA_ORDERS, " (channel then spatial, or spatial then channel)")
+        one_of(name, "query", query, SCA_QUERIES)
         k = _reduced_channels(name, self.channels, reduction, rd_channels)
         d = self.channels if query_dim is None else positive_int(name, "query_dim", query_dim)
         if query == "context" and d != self.channels:
