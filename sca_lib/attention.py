@@ -30,6 +30,7 @@ import torch
 from torch import nn
 
 from ._checks import feature_map, one_of, positive_int, real_in
+from .gating import channel_mlp, fast_path, gate_product, project_channels, spatial_mean
 
 __all__ = [
     "AttentionModule",
@@ -137,6 +138,8 @@ class ChannelAttention(nn.Module):
 
     def weights(self, x: torch.Tensor) -> torch.Tensor:
         """(N, C, H, W) -> (N, C, 1, 1) channel weights."""
+        if fast_path(x):
+            return self.gate(channel_mlp(spatial_mean(x), self.fc1, self.act, self.fc2)).view(x.shape[0], -1, 1, 1)
         return self.gate(self.fc2(self.act(self.fc1(self.pool(x)))))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -160,7 +163,7 @@ class SpatialAttention(nn.Module):
 
     def weights(self, x: torch.Tensor) -> torch.Tensor:
         """(N, C, H, W) -> (N, 1, H, W) spatial weights."""
-        return self.gate(self.conv(x))
+        return self.gate(project_channels(x, self.conv) if fast_path(x) else self.conv(x))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         feature_map(type(self).__name__, x, self.channels, like=self)
@@ -304,28 +307,34 @@ class DualAttention(AttentionModule):
         neutral = 0.5 if self.fusion == "add" else 1.0
         return neutral * (1.0 - strength) + strength * gate
 
+    def _gates(self, x: torch.Tensor, path: Optional[nn.Module]) -> Optional[torch.Tensor]:
+        if path is None:
+            return None
+        w = path.weights(x)
+        return w if self.gate_scale == 1.0 else self.gate_scale * w
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         feature_map(type(self).__name__, x, self.channels, like=self)
-        c = s = None
-        if self.channel is not None:
-            c = self.gate_scale * self.channel.weights(x)
+        fast = fast_path(x)
+        c = self._gates(x, self.channel)
         if self.fusion == "sequential":
             y = x * self._strong(c, self.beta)
-            s = self.gate_scale * self.spatial.weights(y)
+            s = self._gates(y, self.spatial)
             out = y * self._strong(s, self.alpha)
         else:
-            if self.spatial is not None:
-                s = self.gate_scale * self.spatial.weights(x)
+            s = self._gates(x, self.spatial)
+            cw = None if c is None else self._strong(c, self.beta)
+            sw = None if s is None else self._strong(s, self.alpha)
             if self.fusion == "multiply":
-                out = x
-                if c is not None:
-                    out = out * self._strong(c, self.beta)
-                if s is not None:
-                    out = out * self._strong(s, self.alpha)
+                if cw is not None and sw is not None:
+                    # the fast path: one full-size allocation instead of two (sca_lib.gating)
+                    out = gate_product(x, cw, sw) if fast else x * cw * sw
+                else:
+                    out = x * (cw if sw is None else sw)
             elif self.fusion == "add":
-                out = x * self._strong(c, self.beta) + x * self._strong(s, self.alpha)
+                out = torch.mul(x, cw).addcmul_(x, sw) if fast else x * cw + x * sw
             else:  # max
-                out = torch.maximum(x * self._strong(c, self.beta), x * self._strong(s, self.alpha))
+                out = torch.maximum(x * cw, x * sw)
         self._keep(c, s)
         return self.dropout(out)
 

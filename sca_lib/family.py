@@ -33,6 +33,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ._checks import feature_map, one_of, positive_int
+from .gating import channel_mlp, fast_path, gate_product, spatial_mean
 from .attention import AttentionModule, ChannelAttention, LayerType, _check_channels, _reduced_channels
 
 __all__ = ["CBAM", "ECA", "eca_kernel_size", "CoordinateAttention", "SCACNNAttention", "ResidualBottleneck",
@@ -80,6 +81,10 @@ class CBAM(AttentionModule):
     def channel_weights(self, x: torch.Tensor) -> torch.Tensor:
         """``M_c``: (N, C, H, W) -> (N, C, 1, 1)."""
         mlp = self.channel
+        if fast_path(x):  # both descriptors through the MLP in one pair of matrix products
+            n = x.shape[0]
+            both = channel_mlp(torch.cat([spatial_mean(x), x.amax((2, 3))]), mlp.fc1, mlp.act, mlp.fc2)
+            return torch.sigmoid(both[:n] + both[n:]).view(n, -1, 1, 1)
         avg = mlp.fc2(mlp.act(mlp.fc1(x.mean((2, 3), keepdim=True))))
         mx = mlp.fc2(mlp.act(mlp.fc1(x.amax((2, 3), keepdim=True))))
         return torch.sigmoid(avg + mx)
@@ -138,7 +143,7 @@ class ECA(AttentionModule):
 
     def weights(self, x: torch.Tensor) -> torch.Tensor:
         """(N, C, H, W) -> (N, C, 1, 1)."""
-        y = x.mean((2, 3)).unsqueeze(1)  # (N, 1, C): the channels as a sequence
+        y = (spatial_mean(x) if fast_path(x) else x.mean((2, 3))).unsqueeze(1)  # (N, 1, C): the channels as a sequence
         return torch.sigmoid(self.conv(y)).transpose(1, 2).unsqueeze(-1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -199,7 +204,7 @@ class CoordinateAttention(AttentionModule):
         if self.record_maps:
             g = g_h * g_w
             self._keep(g.mean((2, 3)), g.mean(1, keepdim=True))
-        return x * g_h * g_w
+        return gate_product(x, g_h, g_w) if fast_path(x) else x * g_h * g_w
 
 
 #: The orders :class:`SCACNNAttention` applies its two attentions in.

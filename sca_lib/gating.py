@@ -1,0 +1,194 @@
+"""The attention modules' fast path: the same arithmetic in fewer passes over the feature map.
+
+A gate is cheap to compute (a pooled vector through a small MLP, or one 1x1 convolution to a single
+map) and cheap to apply (one multiplication per element), so on a CPU an attention module's time
+is mostly memory traffic and allocation: every full-size temporary is one more write of the
+feature map, and in a process whose allocator has returned the memory to the system, one more
+round of page faults. The reference forms in :mod:`sca_lib.attention` and :mod:`sca_lib.family`
+(``x * c * s``, 1x1 convolutions on a 1x1 map) read as the equations do; this module computes
+the same numbers with fewer passes:
+
+- :func:`spatial_mean`: global average pooling as a sum times ``1 / (H W)``, whose backward
+  broadcasts the gradient instead of dividing a full-size tensor (``mean``'s backward does);
+- :func:`channel_mlp`: the channel path's two 1x1 convolutions on the pooled (N, C, 1, 1) map as
+  two matrix products on (N, C) (``F.linear`` with the convolutions' own weights);
+- :func:`project_channels`: a 1x1 convolution C -> 1 (the spatial path) as one batched
+  matrix-vector product, in the input's memory format (channels first or channels last);
+- :func:`gate_product`: ``x * a * b`` for two broadcast gates with one full-size allocation in the
+  forward pass (``torch.mul`` then an in-place multiply) and a backward pass that saves ``x``, ``a``
+  and ``b`` instead of the product ``x * a``; its reductions are batched matrix products.
+
+The modules take the fast path by default when it applies (:func:`fast_path`: a 4-D tensor that is
+contiguous in channels-first or channels-last order, not under ``torch.jit`` tracing or scripting,
+so FLOP counting and export see the reference operations). :func:`reference_gating` switches it
+off, for tests (the two paths agree to float rounding, outputs and gradients) and benchmarks.
+``benchmarks/bench_modules.py`` measures both against the memory floor.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Iterator, Optional, Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.autograd.function import once_differentiable
+
+__all__ = ["fast_path", "reference_gating", "spatial_mean", "channel_mlp", "project_channels", "gate_product"]
+
+_ENABLED = True
+
+
+@contextlib.contextmanager
+def reference_gating(enabled: bool = True) -> Iterator[None]:
+    """Inside this block the attention modules compute their reference form (``enabled=False``:
+    the fast path, the default outside). Not thread-safe: it sets a module-level switch."""
+    global _ENABLED
+    before = _ENABLED
+    _ENABLED = not enabled
+    try:
+        yield
+    finally:
+        _ENABLED = before
+
+
+def _layout(x: torch.Tensor) -> Optional[str]:
+    """``"cf"`` (contiguous channels first), ``"cl"`` (contiguous channels last) or None."""
+    if x.is_contiguous():
+        return "cf"
+    if x.is_contiguous(memory_format=torch.channels_last):
+        return "cl"
+    return None
+
+
+def fast_path(x: torch.Tensor) -> bool:
+    """Whether the modules take the fast path for ``x``: switched on (see :func:`reference_gating`),
+    not tracing or scripting, ``x`` 4-D and contiguous in channels-first or channels-last order."""
+    if not _ENABLED or torch.jit.is_tracing() or torch.jit.is_scripting():
+        return False
+    return x.dim() == 4 and _layout(x) is not None
+
+
+def spatial_mean(x: torch.Tensor) -> torch.Tensor:
+    """``x.mean((2, 3))`` as ``x.sum((2, 3)) * (1 / (H W))``: (N, C, H, W) -> (N, C), equal to float
+    rounding; the backward pass broadcasts the (N, C) gradient without a full-size division."""
+    return x.sum((2, 3)) * (1.0 / (x.shape[2] * x.shape[3]))
+
+
+def channel_mlp(pooled: torch.Tensor, fc1: nn.Conv2d, act: nn.Module, fc2: nn.Conv2d) -> torch.Tensor:
+    """``fc2(act(fc1(p)))`` for 1x1 convolutions on a pooled map, as matrix products.
+
+    ``pooled``: (N, C) (or (N, C, 1, 1)); returns (N, C_out). Equal to running the convolutions on
+    the (N, C, 1, 1) map, to float rounding.
+    """
+    h = F.linear(pooled.flatten(1), fc1.weight.flatten(1), fc1.bias)
+    return F.linear(act(h), fc2.weight.flatten(1), fc2.bias)
+
+
+def project_channels(x: torch.Tensor, conv: nn.Conv2d) -> torch.Tensor:
+    """A 1x1 convolution with one output channel, ``conv(x)``, as a batched matrix-vector product.
+
+    (N, C, H, W) -> (N, 1, H, W). Channels first: ``w^T X_n`` for each image's (C, H*W) matrix;
+    channels last: ``X w`` on the (N*H*W, C) matrix. Other layouts fall back to ``conv(x)``.
+    """
+    n, c, h, w = x.shape
+    weight = conv.weight.view(1, c)
+    layout = _layout(x)
+    if layout == "cf":
+        s = torch.bmm(weight.expand(n, 1, c), x.view(n, c, h * w)).view(n, 1, h, w)
+    elif layout == "cl":
+        s = torch.mm(x.permute(0, 2, 3, 1).reshape(n * h * w, c), weight.t()).view(n, h, w, 1).permute(0, 3, 1, 2)
+    else:
+        return conv(x)
+    return s if conv.bias is None else s + conv.bias.view(1, 1, 1, 1)
+
+
+def _reduce_to(t: torch.Tensor, shape: torch.Size) -> torch.Tensor:
+    """``t`` summed over the dimensions where ``shape`` broadcasts (size 1), kept as size 1."""
+    dims = tuple(d for d, (a, b) in enumerate(zip(t.shape, shape)) if b == 1 and a != 1)
+    return t.sum(dims, keepdim=True) if dims else t
+
+
+def _pair_grads(u: torch.Tensor, a: torch.Tensor, b: torch.Tensor,
+                need_a: bool, need_b: bool) -> Tuple[Optional[torch.Tensor], Optional[torch.Tensor]]:
+    """Gradients of ``sum(u * a * b)`` with respect to ``a`` and ``b`` (``u = grad * x``).
+
+    Two cases are batched matrix-vector products without a temporary: a channel gate (N, C, 1, 1)
+    with a spatial gate (N, 1, H, W), and a row gate (N, C, H, 1) with a column gate (N, C, 1, W);
+    other shapes reduce ``u * other`` with a sum.
+    """
+    n, c, h, w = u.shape
+    layout = _layout(u)
+    ga = gb = None
+    if a.shape == (n, c, 1, 1) and b.shape == (n, 1, h, w) and layout is not None:
+        if layout == "cf":  # u as (N, C, HW)
+            uv = u.view(n, c, h * w)
+            if need_a:
+                ga = torch.bmm(uv, b.reshape(n, h * w, 1)).view(n, c, 1, 1)
+            if need_b:
+                gb = torch.bmm(a.reshape(n, 1, c), uv).view(n, 1, h, w)
+        else:  # u as (N, HW, C)
+            uv = u.permute(0, 2, 3, 1).reshape(n, h * w, c)
+            if need_a:
+                ga = torch.bmm(b.reshape(n, 1, h * w), uv).view(n, c, 1, 1)
+            if need_b:
+                gb = torch.bmm(uv, a.reshape(n, c, 1)).view(n, 1, h, w)
+        return ga, gb
+    if a.shape == (n, c, h, 1) and b.shape == (n, c, 1, w) and layout == "cf":
+        if need_a:
+            ga = torch.matmul(u, b.reshape(n, c, w, 1))
+        if need_b:
+            gb = torch.matmul(a.reshape(n, c, 1, h), u)
+        return ga, gb
+    if need_a:
+        ga = _reduce_to(u * b, a.shape)
+    if need_b:
+        gb = _reduce_to(u * a, b.shape)
+    return ga, gb
+
+
+class _GateProduct(torch.autograd.Function):
+    """``x * a * b``: one allocation forward; saves the inputs, not the intermediate ``x * a``.
+    Differentiable once (a second derivative needs :func:`reference_gating`)."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(x, a, b)
+        out = torch.mul(x, a)
+        return out.mul_(b)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad: torch.Tensor):
+        x, a, b = ctx.saved_tensors
+        need_x, need_a, need_b = ctx.needs_input_grad
+        grad = grad.contiguous(memory_format=torch.channels_last if _layout(x) == "cl" else torch.contiguous_format)
+        u = ga = gb = None
+        if need_a or need_b:
+            u = torch.mul(grad, x)
+            ga, gb = _pair_grads(u, a, b, need_a, need_b)
+        gx = None
+        if need_x:
+            reuse = u is not None and u.dtype == x.dtype and u.shape == x.shape
+            gx = torch.mul(grad, a, out=u) if reuse else torch.mul(grad, a)
+            gx = gx.mul_(b)
+        return gx, ga, gb
+
+
+def gate_product(x: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """``x * a * b`` for gates ``a`` and ``b`` that broadcast against ``x`` (N, C, H, W).
+
+    The same values and gradients as the expression, with one full-size tensor allocated in the
+    forward pass instead of two, and the inputs saved for the backward pass instead of ``x * a``.
+    Used by the fast path only (see :func:`fast_path`); call it on tensors of ``x``'s shape or
+    gates of size 1 along some of its dimensions.
+    """
+    try:
+        fits = a.dim() == b.dim() == 4 and torch.broadcast_shapes(x.shape, a.shape, b.shape) == x.shape
+    except RuntimeError:
+        fits = False
+    if not fits:
+        raise ValueError(f"gate_product: gates must broadcast to x's shape {tuple(x.shape)}, "
+                         f"got {tuple(a.shape)} and {tuple(b.shape)}")
+    return _GateProduct.apply(x, a, b)

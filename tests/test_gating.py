@@ -1,0 +1,127 @@
+"""The attention modules' fast path (sca_lib.gating) against their reference form."""
+
+import pytest
+import torch
+from torch import nn
+
+from sca_lib.attention import DualAttention, create_attention, list_attentions
+from sca_lib.gating import channel_mlp, fast_path, gate_product, project_channels, reference_gating
+
+FORMATS = {"cf": torch.contiguous_format, "cl": torch.channels_last}
+
+
+def _run(module, x, grad, reference):
+    """Output, input gradient and parameter gradients of one forward + backward."""
+    module.zero_grad(set_to_none=True)
+    xx = x.detach().clone().requires_grad_()
+    torch.manual_seed(1)  # the same dropout mask, if any
+    with reference_gating(reference):
+        out = module(xx)
+    out.backward(grad)
+    return out.detach(), xx.grad, {n: p.grad for n, p in module.named_parameters()}
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+@pytest.mark.parametrize("name", list_attentions())
+def test_fast_path_equals_reference_for_every_module(name, fmt):
+    torch.manual_seed(0)
+    module = create_attention(name, 32)
+    x = torch.randn(3, 32, 6, 5).contiguous(memory_format=FORMATS[fmt])
+    grad = torch.randn(3, 32, 6, 5)
+    for training in (True, False):
+        module.train(training)
+        out, gx, gp = _run(module, x, grad, reference=False)
+        ref_out, ref_gx, ref_gp = _run(module, x, grad, reference=True)
+        torch.testing.assert_close(out, ref_out)
+        torch.testing.assert_close(gx, ref_gx)
+        assert gp.keys() == ref_gp.keys()
+        for key in gp:
+            torch.testing.assert_close(gp[key], ref_gp[key], msg=lambda m: f"{name} {key}: {m}")
+
+
+@pytest.mark.parametrize("kwargs", [dict(strength="classification"), dict(identity_init=True),
+                                    dict(fusion="add", alpha=0.4), dict(fusion="sequential", beta=0.5),
+                                    dict(drop_rate=0.3)])
+def test_fast_path_equals_reference_with_settings(kwargs):
+    torch.manual_seed(0)
+    module = DualAttention(16, 4, **kwargs).train()
+    for m in module.modules():  # move identity_init's zeroed layers off zero so the gates matter
+        if isinstance(m, nn.Conv2d):
+            nn.init.normal_(m.weight, std=0.2)
+    x, grad = torch.randn(2, 16, 7, 7), torch.randn(2, 16, 7, 7)
+    fast, ref = _run(module, x, grad, False), _run(module, x, grad, True)
+    for a, b in zip(fast[:2], ref[:2]):
+        torch.testing.assert_close(a, b)
+    for key in fast[2]:
+        torch.testing.assert_close(fast[2][key], ref[2][key])
+
+
+@pytest.mark.filterwarnings("ignore::FutureWarning", "ignore::torch.jit.TracerWarning")
+def test_the_dual_module_takes_the_fused_product_only_when_it_applies():
+    module = DualAttention(8, 2)
+    x = torch.randn(2, 8, 5, 5, requires_grad=True)
+    assert type(module(x).grad_fn).__name__ == "_GateProductBackward"
+    with reference_gating():
+        assert type(module(x).grad_fn).__name__ == "MulBackward0"
+    assert not fast_path(x[:, :, 1:])  # neither layout: the reference form
+    assert type(module(x[:, :, 1:]).grad_fn).__name__ == "MulBackward0"
+    traced = torch.jit.trace(module, torch.randn(2, 8, 5, 5))  # tracing (fvcore's FLOP count) sees the reference ops
+    assert "PythonOp" not in str(traced.graph)
+    assert not fast_path(torch.randn(8, 5, 5))
+
+
+def test_frozen_input_gets_gate_gradients_only():
+    torch.manual_seed(0)
+    module = DualAttention(8, 2)
+    x = torch.randn(2, 8, 4, 4)  # no grad: a frozen backbone's features
+    grads = []
+    for reference in (False, True):
+        module.zero_grad(set_to_none=True)
+        with reference_gating(reference):
+            module(x).square().sum().backward()
+        grads.append({n: p.grad for n, p in module.named_parameters()})
+    for key in grads[0]:
+        torch.testing.assert_close(grads[0][key], grads[1][key])
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+@pytest.mark.parametrize("shapes", [((3, 4, 1, 1), (3, 1, 5, 6)),  # channel x spatial gate
+                                    ((3, 4, 5, 1), (3, 4, 1, 6)),  # row x column gate
+                                    ((1, 4, 1, 1), (3, 4, 5, 6))])  # anything else that broadcasts
+def test_gate_product_gradients_match_finite_differences(shapes, fmt):
+    torch.manual_seed(0)
+    x = torch.randn(3, 4, 5, 6, dtype=torch.float64).contiguous(memory_format=FORMATS[fmt]).requires_grad_()
+    a, b = (torch.rand(s, dtype=torch.float64, requires_grad=True) for s in shapes)
+    torch.testing.assert_close(gate_product(x, a, b), x * a * b)
+    assert torch.autograd.gradcheck(gate_product, (x, a, b))
+
+
+def test_gate_product_saves_less_than_the_expression():
+    """The backward pass keeps x and the two gates, not the full-size intermediate x * a."""
+    x = torch.randn(2, 16, 8, 8, requires_grad=True)
+    a, b = torch.rand(2, 16, 1, 1, requires_grad=True), torch.rand(2, 1, 8, 8, requires_grad=True)
+
+    def saved_numel(fn):
+        sizes = []
+        with torch.autograd.graph.saved_tensors_hooks(lambda t: sizes.append(t.numel()) or t, lambda t: t):
+            fn()
+        return sum(sizes)
+
+    assert saved_numel(lambda: gate_product(x, a, b)) == x.numel() + a.numel() + b.numel()
+    assert saved_numel(lambda: x * a * b) > 2 * x.numel()
+
+
+def test_gate_product_refuses_gates_that_do_not_broadcast():
+    with pytest.raises(ValueError, match=r"broadcast to x's shape \(2, 4, 3, 3\)"):
+        gate_product(torch.randn(2, 4, 3, 3), torch.rand(2, 4, 1, 1), torch.rand(2, 1, 3, 4))
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_the_matrix_forms_equal_the_convolutions(fmt):
+    torch.manual_seed(0)
+    x = torch.randn(2, 12, 5, 4).contiguous(memory_format=FORMATS[fmt])
+    conv = nn.Conv2d(12, 1, 1)
+    torch.testing.assert_close(project_channels(x, conv), conv(x))
+    fc1, fc2 = nn.Conv2d(12, 3, 1), nn.Conv2d(3, 12, 1)
+    pooled = x.mean((2, 3), keepdim=True)
+    torch.testing.assert_close(channel_mlp(pooled, fc1, nn.ReLU(), fc2), fc2(torch.relu(fc1(pooled))).flatten(1))
