@@ -16,8 +16,9 @@ for max pooling. ``include_elementwise=False`` gives fvcore's own number. :func:
 reports both.
 
 Latency: warm-up runs, then the median of ``runs`` timed forwards under ``torch.inference_mode``
-in eval mode, the models interleaved in an order that alternates round by round; on CUDA each run
-is bracketed by ``torch.cuda.synchronize()``. CPU numbers depend on the thread count (recorded in
+in eval mode, the models interleaved in an order that alternates round by round
+(:func:`time_interleaved`, which times any zero-argument functions the same way); on CUDA each run
+is timed with CUDA events after a synchronisation. CPU numbers depend on the thread count (recorded in
 the table) and on whatever else the machine runs. :func:`paired_latency` gives ratios paired
 round by round with their [min, max] and a copy of the first model as a control, the spread that
 says how small an effect a measurement can resolve.
@@ -33,7 +34,8 @@ import warnings
 from collections import Counter
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple, Union
+from functools import partial
+from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple, Union
 
 import pandas as pd
 import torch
@@ -50,6 +52,8 @@ __all__ = [
     "measure_latency",
     "compare_latency",
     "paired_latency",
+    "time_interleaved",
+    "paired_ratios",
     "cost_table",
     "add_ratios",
     "compare_costs",
@@ -207,12 +211,65 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def _time_once(model: nn.Module, x: torch.Tensor) -> float:
-    _sync(x.device)
-    start = time.perf_counter()
-    model(x)
-    _sync(x.device)
-    return (time.perf_counter() - start) * 1000.0
+def _timer(device: torch.device) -> Callable[[Callable[[], Any]], float]:
+    """A function timing one call in milliseconds: wall clock on the CPU; on CUDA, events recorded
+    on the current stream around the call (after a synchronisation, so earlier work is excluded)."""
+    if device.type == "cuda":
+        def once(fn: Callable[[], Any]) -> float:
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            torch.cuda.synchronize(device)
+            start.record()
+            fn()
+            end.record()
+            end.synchronize()
+            return start.elapsed_time(end)
+    else:
+        def once(fn: Callable[[], Any]) -> float:
+            start = time.perf_counter()
+            fn()
+            return (time.perf_counter() - start) * 1000.0
+    return once
+
+
+def time_interleaved(fns: Mapping[str, Callable[[], Any]], rounds: int = 21, warmup: int = 2,
+                     device: Union[str, torch.device] = "cpu") -> Dict[str, List[float]]:
+    """Times (ms) of calling each zero-argument function once per round, **interleaved**, the order
+    alternating round by round (A B C, then C B A, ...).
+
+    Each function is first called ``warmup`` times untimed (caches, the allocator's free lists,
+    lazy initialisation). Interleaving spreads slow periods of a shared machine over all functions,
+    and alternating the order means no function is always timed right after the same neighbour.
+    On ``device="cuda"`` the calls are timed with CUDA events (see :func:`_timer`). Returns the
+    per-round times of each function, in round order, so ratios can be paired round by round
+    (:func:`paired_ratios`).
+    """
+    if rounds < 1 or warmup < 0:
+        raise ValueError(f"need rounds >= 1 and warmup >= 0, got rounds={rounds}, warmup={warmup}")
+    once = _timer(torch.device(device))
+    for fn in fns.values():
+        for _ in range(warmup):
+            fn()
+    names = list(fns)
+    times: Dict[str, List[float]] = {name: [] for name in names}
+    for r in range(rounds):
+        for name in (names if r % 2 == 0 else names[::-1]):
+            times[name].append(once(fns[name]))
+    return times
+
+
+def paired_ratios(times: Mapping[str, Sequence[float]], base: Optional[str] = None) -> pd.DataFrame:
+    """Per-round ratios to ``base`` (default: the first entry) from :func:`time_interleaved`'s times.
+
+    One row per entry: ``model``, ``median_ms``, ``ratio`` (the median of the round-by-round
+    ratios), ``ratio_min``, ``ratio_max``, ``rounds``.
+    """
+    base = next(iter(times)) if base is None else base
+    rows = []
+    for name, t in times.items():
+        ratios = [a / b for a, b in zip(t, times[base])]
+        rows.append({"model": name, "median_ms": statistics.median(t), "ratio": statistics.median(ratios),
+                     "ratio_min": min(ratios), "ratio_max": max(ratios), "rounds": len(t)})
+    return pd.DataFrame(rows)
 
 
 def measure_latency(model: nn.Module, input_size: SizeArg = (3, 224, 224), batch_size: int = 1,
@@ -230,27 +287,21 @@ def measure_latency(model: nn.Module, input_size: SizeArg = (3, 224, 224), batch
 
 def _interleaved_times(models: Mapping[str, nn.Module], input_size: SizeArg, batch_size: int,
                        device: Union[str, torch.device], warmup: int, runs: int) -> Dict[str, List[float]]:
-    """Every model's forward times (ms), round by round, the order alternating (see :func:`compare_latency`)."""
+    """Every model's forward times (ms), round by round (:func:`time_interleaved`), in eval mode
+    under ``torch.inference_mode``."""
     if runs < 1 or warmup < 0:
         raise ValueError(f"need runs >= 1 and warmup >= 0, got runs={runs}, warmup={warmup}")
     device = torch.device(device)
     x = torch.randn(_input_shape(input_size, batch_size), device=device)
-    times: Dict[str, List[float]] = {name: [] for name in models}
     states = {name: m.training for name, m in models.items()}
     try:
         with torch.inference_mode():
             for m in models.values():
                 m.to(device).eval()
-                for _ in range(warmup):
-                    m(x)
-            names = list(models)
-            for r in range(runs):
-                for name in (names if r % 2 == 0 else names[::-1]):
-                    times[name].append(_time_once(models[name], x))
+            return time_interleaved({name: partial(m, x) for name, m in models.items()}, runs, warmup, device)
     finally:
         for name, m in models.items():
             m.train(states[name])
-    return times
 
 
 def compare_latency(models: Mapping[str, nn.Module], input_size: SizeArg = (3, 224, 224), batch_size: int = 1,
@@ -285,14 +336,7 @@ def paired_latency(models: Mapping[str, nn.Module], input_size: SizeArg = (3, 22
     first = next(iter(models))
     if control:
         models[f"{first} (copy)"] = copy.deepcopy(models[first])
-    times = _interleaved_times(models, input_size, batch_size, device, warmup, runs)
-    base = times[first]
-    rows = []
-    for name, t in times.items():
-        ratios = [a / b for a, b in zip(t, base)]
-        rows.append({"model": name, "median_ms": statistics.median(t), "ratio": statistics.median(ratios),
-                     "ratio_min": min(ratios), "ratio_max": max(ratios), "rounds": len(t)})
-    return pd.DataFrame(rows)
+    return paired_ratios(_interleaved_times(models, input_size, batch_size, device, warmup, runs))
 
 
 def cost_table(models: Mapping[str, nn.Module], input_size: SizeArg = (1, 3, 224, 224),

@@ -165,8 +165,8 @@ def test_paired_latency_divides_round_by_round_and_times_a_control(monkeypatch):
     scripted = {"plain": [10.0, 20.0, 10.0], "attn": [11.0, 24.0, 12.0], "plain (copy)": [10.0, 22.0, 9.0]}
     seen = {k: 0 for k in scripted}
 
-    def fake_time(model, x):
-        name = model.tag
+    def fake_time(fn):  # fn is the model bound to the input
+        name = fn.func.tag
         seen[name] += 1
         return scripted[name][seen[name] - 1]
 
@@ -175,7 +175,7 @@ def test_paired_latency_divides_round_by_round_and_times_a_control(monkeypatch):
             super().__init__()
             self.tag = tag
 
-    monkeypatch.setattr(sca_lib.profile, "_time_once", fake_time)
+    monkeypatch.setattr(sca_lib.profile, "_timer", lambda device: fake_time)
     plain = Tagged("plain")
     original_deepcopy = sca_lib.profile.copy.deepcopy
     monkeypatch.setattr(sca_lib.profile.copy, "deepcopy", lambda m: Tagged("plain (copy)") if m is plain

@@ -1,0 +1,314 @@
+"""How close is each attention module to the memory floor? Every module, alone, at four feature-map shapes.
+
+A gate is elementwise work: its floor is about one read and one write of the feature map, plus the
+reads its pooled and 1x1 paths need. For each shape, memory format (channels first, channels last)
+and pass this script times, interleaved round by round in alternating order
+(``sca_lib.profile.time_interleaved``):
+
+- ``forward``: under ``torch.inference_mode``, modules in eval mode; the floor is ``x.clone()``
+  plus one read pass (``x.sum()``), the cost of producing a new tensor the size of ``x``;
+- ``forward+backward``: modules in train mode, ``x`` requiring grad, a fixed output gradient; the
+  floor is ``x * y`` forward and backward (both requiring grad), the cheapest gated product;
+
+every module of the family with its fast path (``sca_lib.gating``, the default) and its reference
+form (``<name> (reference)``), timm's modules where timm has one (``timm:<name>``), and a second copy
+of the floor (``floor (copy)``): its ratio should be 1, and its [min, max] is the smallest effect
+the measurement resolves. Each row is the median of the per-round ratios to the floor, with
+[min, max]. ``--cold`` also times the first forward of the dual module in fresh processes against
+its warm forward.
+
+Allocation is part of the cost on a CPU: glibc returns large freed blocks to the system, and the
+next call pays the page faults again. ``--allocator retain`` reruns the script with
+``MALLOC_MMAP_THRESHOLD_`` and ``MALLOC_TRIM_THRESHOLD_`` set so freed memory stays in the process
+(what jemalloc or tcmalloc do by default); ``default`` leaves glibc as it is. The tables say which.
+
+    python benchmarks/bench_modules.py --threads 1 --cold --out results/performance    # the committed tables
+    python benchmarks/bench_modules.py --threads 1 --allocator retain --out results/performance
+    python benchmarks/bench_modules.py --shapes 8x64x56x56 --modules dual --rounds 5   # seconds
+    python benchmarks/bench_modules.py --device cuda --out results/performance         # on a GPU (CUDA events)
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Callable, Dict, List
+
+import pandas as pd
+import torch
+
+from sca_lib.attention import create_attention
+from sca_lib.gating import reference_gating
+from sca_lib.profile import paired_ratios, time_interleaved
+
+SHAPES = ((8, 512, 14, 14), (8, 2048, 7, 7), (32, 256, 28, 28), (8, 64, 56, 56))
+MODULES = ("dual", "lite", "channel", "spatial", "dual_add", "dual_seq", "se", "scse", "cbam", "eca", "coord",
+           "sca_cnn")
+FORMATS = {"channels_first": torch.contiguous_format, "channels_last": torch.channels_last}
+#: glibc settings that keep freed memory in the process (``--allocator retain``): blocks up to 32 MiB
+#: (glibc's largest mmap threshold) come from the heap, and the heap is not trimmed back.
+RETAIN = {"MALLOC_MMAP_THRESHOLD_": str(2 ** 25), "MALLOC_TRIM_THRESHOLD_": str(2 ** 36)}
+
+
+def timm_module(name: str, channels: int):
+    """timm's module equivalent to our ``name`` (same widths), or None where timm has none."""
+    from timm.layers.cbam import CbamModule
+    from timm.layers.coord_attn import CoordAttn
+    from timm.layers.eca import EcaModule
+    from timm.layers.squeeze_excite import SEModule
+    builders = {"se": lambda c: SEModule(c, rd_channels=c // 16),
+                "cbam": lambda c: CbamModule(c, rd_channels=c // 16, mlp_bias=True),
+                "eca": lambda c: EcaModule(c),
+                "coord": lambda c: CoordAttn(c, rd_channels=max(8, c // 32), bias=True)}
+    return builders[name](channels) if name in builders else None
+
+
+def _forward(module, x, reference: bool = False) -> Callable[[], object]:
+    def run():
+        with reference_gating(reference):
+            return module(x)
+    return run
+
+
+def _forward_backward(module, x, grad, reference: bool = False) -> Callable[[], object]:
+    def run():
+        x.grad = None
+        with reference_gating(reference):
+            out = module(x)
+        out.backward(grad)
+    return run
+
+
+def _floor(x: torch.Tensor) -> Callable[[], object]:
+    return lambda: (x.clone(), x.sum())
+
+
+def _product(x: torch.Tensor, y: torch.Tensor, grad: torch.Tensor) -> Callable[[], object]:
+    def run():
+        x.grad = y.grad = None
+        (x * y).backward(grad)
+    return run
+
+
+def measure(shape, fmt: str, pass_: str, modules, rounds: int, warmup: int, device: str,
+            with_timm: bool = True) -> pd.DataFrame:
+    """One block: the floor, its copy, and every module (fast, reference, timm's) at one setting."""
+    torch.manual_seed(0)
+    memory_format = FORMATS[fmt]
+    x = torch.randn(shape, device=device).contiguous(memory_format=memory_format)
+    grad = torch.randn(shape, device=device).contiguous(memory_format=memory_format)
+    fns: Dict[str, Callable[[], object]] = {}
+    built = {name: create_attention(name, shape[1]).to(device) for name in modules}
+    if with_timm:
+        built.update({f"timm:{n}": m.to(device) for n in modules if (m := timm_module(n, shape[1])) is not None})
+    if pass_ == "forward":
+        fns["floor"], fns["floor (copy)"] = _floor(x), _floor(x)  # the same input: the same cache state
+        for name, m in built.items():
+            m.eval()
+            fns[name] = _forward(m, x)
+            if not name.startswith("timm:"):
+                fns[f"{name} (reference)"] = _forward(m, x, reference=True)
+        with torch.inference_mode():
+            times = time_interleaved(fns, rounds, warmup, device)
+    else:
+        xg, y = x.clone().requires_grad_(), x.clone().normal_().requires_grad_()
+        fns["floor"] = _product(xg, y, grad)
+        fns["floor (copy)"] = _product(xg, y, grad)
+        for name, m in built.items():
+            m.train()
+            fns[name] = _forward_backward(m, xg, grad)
+            if not name.startswith("timm:"):
+                fns[f"{name} (reference)"] = _forward_backward(m, xg, grad, reference=True)
+        times = time_interleaved(fns, rounds, warmup, device)
+    table = paired_ratios(times, base="floor")
+    speedup = {}
+    for name in built:
+        if f"{name} (reference)" in times:
+            r = [a / b for a, b in zip(times[name], times[f"{name} (reference)"])]
+            speedup[name] = statistics.median(r)
+    table["vs_reference"] = table["model"].map(speedup)
+    table.insert(0, "shape", "x".join(map(str, shape)))
+    table.insert(1, "mbytes", x.numel() * x.element_size() / 1e6)
+    table.insert(2, "format", fmt)
+    table.insert(3, "pass", pass_)
+    return table
+
+
+_COLD_PROBE = """
+import json, time, torch
+torch.set_num_threads({threads})
+from sca_lib.attention import create_attention
+from sca_lib.gating import reference_gating
+shape, which = {shape!r}, {which!r}
+x = torch.randn(shape)
+m = create_attention("dual", shape[1]).eval()
+def call():
+    if which == "floor":
+        return x.clone(), x.sum()
+    with reference_gating(which == "dual (reference)"):
+        return m(x)
+times = []
+with torch.inference_mode():
+    for _ in range(30):
+        t = time.perf_counter(); call(); times.append((time.perf_counter() - t) * 1000)
+print(json.dumps(times))
+"""
+
+
+def _probe(shape, which: str, threads: int, retain: bool) -> List[float]:
+    """The times of 30 forwards in a fresh process, glibc's defaults or :data:`RETAIN`."""
+    code = _COLD_PROBE.format(threads=threads, shape=tuple(shape), which=which)
+    env = {k: v for k, v in os.environ.items() if k not in RETAIN}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         env={**env, **RETAIN} if retain else env)
+    import json
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def cold_forward(shapes, processes: int, threads: int) -> pd.DataFrame:
+    """Forwards in a fresh process against warm ones, ``processes`` pairs of fresh processes.
+
+    ``cold``: the median of the first 10 forwards of a fresh process with glibc's default settings
+    (what a script or a notebook sees); ``first``: the first of them alone (one-time costs every
+    operation pays, the floor's included); ``warm``: the median of forwards 21-30 of a fresh
+    process whose allocator keeps freed memory (:data:`RETAIN`).
+    """
+    rows = []
+    for shape in shapes:
+        for which in ("floor", "dual", "dual (reference)"):
+            first, cold, warm = [], [], []
+            for _ in range(processes):
+                cold_t = _probe(shape, which, threads, retain=False)
+                warm_t = _probe(shape, which, threads, retain=True)
+                first.append(cold_t[0])
+                cold.append(statistics.median(cold_t[:10]))
+                warm.append(statistics.median(warm_t[20:]))
+            ratios = [c / w for c, w in zip(cold, warm)]
+            rows.append({"shape": "x".join(map(str, shape)), "model": which, "first_ms": statistics.median(first),
+                         "cold_ms": statistics.median(cold), "warm_ms": statistics.median(warm),
+                         "cold_over_warm": statistics.median(ratios), "ratio_min": min(ratios),
+                         "ratio_max": max(ratios), "processes": processes})
+    return pd.DataFrame(rows)
+
+
+def _fmt(r) -> str:
+    return f"{r['ratio']:.2f} [{r['ratio_min']:.2f}, {r['ratio_max']:.2f}]"
+
+
+def markdown(table: pd.DataFrame) -> str:
+    """One table per pass: a row per module, a column per (shape, format), ratio [min, max] to the floor."""
+    out = []
+    for pass_, t in table.groupby("pass", sort=False):
+        cols = list(dict.fromkeys(zip(t["shape"], t["format"])))
+        floor = "clone + one read pass" if pass_ == "forward" else "x * y forward and backward"
+        out.append(f"### {pass_}: time / floor ({floor}), median [min, max] over paired rounds\n")
+        out.append("| module | " + " | ".join(f"{s} {'CF' if f == 'channels_first' else 'CL'}" for s, f in cols) + " |")
+        out.append("|---|" + "---:|" * len(cols))
+        floor_ms = {c: t[(t["shape"] == c[0]) & (t["format"] == c[1]) & (t["model"] == "floor")].iloc[0]["median_ms"]
+                    for c in cols}
+        out.append("| floor (ms) | " + " | ".join(f"{floor_ms[c]:.3f}" for c in cols) + " |")
+        for model in dict.fromkeys(t["model"]):
+            if model == "floor":
+                continue
+            cells = []
+            for s, f in cols:
+                r = t[(t["shape"] == s) & (t["format"] == f) & (t["model"] == model)]
+                cells.append(_fmt(r.iloc[0]) if len(r) else "")
+            out.append(f"| `{model}` | " + " | ".join(cells) + " |")
+        out.append("")
+        fast = t.dropna(subset=["vs_reference"])
+        if len(fast):
+            out.append(f"Fast path / reference form ({pass_}, median of paired rounds): " + ", ".join(
+                f"`{m}` {g['vs_reference'].min():.2f}-{g['vs_reference'].max():.2f}"
+                for m, g in fast.groupby("model", sort=False)) + ".\n")
+    return "\n".join(out)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--shapes", nargs="*", default=["x".join(map(str, s)) for s in SHAPES],
+                        help="NxCxHxW feature-map shapes")
+    parser.add_argument("--modules", nargs="*", default=list(MODULES))
+    parser.add_argument("--formats", nargs="*", default=list(FORMATS), choices=list(FORMATS))
+    parser.add_argument("--passes", nargs="*", default=["forward", "forward+backward"],
+                        choices=["forward", "forward+backward"])
+    parser.add_argument("--rounds", type=int, default=15)
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=1, help="intra-op threads (1: stable on a shared host)")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda (timed with CUDA events)")
+    parser.add_argument("--allocator", choices=["default", "retain"], default="default",
+                        help="retain: rerun with glibc settings that keep freed memory in the process")
+    parser.add_argument("--cold", action="store_true", help="also time the first forward in fresh processes")
+    parser.add_argument("--cold-processes", type=int, default=5)
+    parser.add_argument("--no-timm", action="store_true", help="skip timm's modules")
+    parser.add_argument("--out", type=Path, default=None, help="write modules_<device>_<allocator>.{csv,md} here")
+    args = parser.parse_args(argv)
+    if args.allocator == "retain" and any(os.environ.get(k) != v for k, v in RETAIN.items()):
+        os.execve(sys.executable, [sys.executable, *sys.argv], {**os.environ, **RETAIN})  # settings apply at start
+    try:
+        shapes = [tuple(int(v) for v in s.split("x")) for s in args.shapes]
+        if any(len(s) != 4 for s in shapes):
+            raise ValueError
+    except ValueError:
+        parser.error(f"--shapes takes NxCxHxW, e.g. 8x64x56x56; got {args.shapes}")
+    unknown = [m for m in args.modules if m not in MODULES]
+    if unknown:
+        parser.error(f"unknown modules {unknown}; choose from {', '.join(MODULES)}")
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        parser.error("--device cuda: no CUDA device here")
+    torch.set_num_threads(args.threads)
+    start = time.perf_counter()
+    blocks: List[pd.DataFrame] = []
+    for shape in shapes:
+        for fmt in args.formats:
+            for pass_ in args.passes:
+                blocks.append(measure(shape, fmt, pass_, args.modules, args.rounds, args.warmup, args.device,
+                                      with_timm=not args.no_timm))
+                print(f"  {pass_:16s} {'x'.join(map(str, shape)):14s} {fmt}", file=sys.stderr, flush=True)
+    table = pd.concat(blocks, ignore_index=True)
+    cold = cold_forward(shapes, args.cold_processes, args.threads) if args.cold and args.device == "cpu" else None
+    wall = time.perf_counter() - start
+    text = markdown(table)
+    if cold is not None:
+        text += ("\n### Cold forward: the first 10 forwards of a fresh process (glibc defaults, median) / warm "
+                 "forwards (21-30 of a fresh process with the retain settings, median); median [min, max] over "
+                 f"{args.cold_processes} pairs of processes. `first`: the very first forward alone.\n\n"
+                 "| shape | module | first ms | cold ms | warm ms | cold / warm |\n"
+                 "|---|---|---:|---:|---:|---:|\n" + "\n".join(
+                     f"| {r['shape']} | `{r['model']}` | {r['first_ms']:.2f} | {r['cold_ms']:.3f} | {r['warm_ms']:.3f} | "
+                     f"{r['cold_over_warm']:.2f} [{r['ratio_min']:.2f}, {r['ratio_max']:.2f}] |"
+                     for _, r in cold.iterrows()) + "\n")
+    allocator = "retain (" + ", ".join(f"{k}={v}" for k, v in RETAIN.items()) + ")" if args.allocator == "retain" \
+        else "glibc defaults"
+    device = torch.cuda.get_device_name() if args.device.startswith("cuda") else f"cpu ({platform.machine()})"
+    provenance = (f"{wall:.0f} s, torch {torch.__version__}, {device}, {torch.get_num_threads()} intra-op thread(s), "
+                  f"allocator: {allocator}, {args.rounds} paired rounds after {args.warmup} warm-up calls each")
+    print(text)
+    print(f"[{provenance}]")
+    if args.out:
+        args.out.mkdir(parents=True, exist_ok=True)
+        stem = f"modules_{'cuda' if args.device.startswith('cuda') else 'cpu'}_{args.allocator}"
+        table.to_csv(args.out / f"{stem}.csv", index=False)
+        if cold is not None:
+            cold.to_csv(args.out / f"{stem}_cold.csv", index=False)
+        cmd = "python benchmarks/bench_modules.py " + " ".join(sys.argv[1:] if argv is None else argv)
+        (args.out / f"{stem}.md").write_text(
+            "# Each attention module against the memory floor\n\n"
+            f"Regenerate: `{cmd}`. Measured: {provenance}; on the development machine, a shared 2-core x86_64 VM "
+            "with no GPU unless the device says otherwise.\n\n"
+            "Ratios are paired round by round (every function once per round, the order alternating) and the "
+            "table gives the median with [min, max]; `floor (copy)` is the floor timed a second time, the "
+            "spread any row must exceed to mean something. `(reference)` rows are the same module computing "
+            "its reference form (`sca_lib.gating.reference_gating`); `timm:` rows are timm's modules at the "
+            "same widths. CF: channels first, CL: channels last.\n\n" + text)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
