@@ -39,6 +39,19 @@ def one_of(owner: str, arg: str, value: object, choices: "tuple", hint: str = ""
         raise ValueError(f"{owner}: unknown {arg} {value!r}; expected one of {', '.join(choices)}{hint}")
 
 
+def _first_parameter(module: "torch.nn.Module") -> "Optional[torch.Tensor]":
+    """The first parameter of ``module`` (depth first), without ``parameters()``'s generator
+    machinery: this runs on every forward of every attention module (1 us instead of 4)."""
+    stack = [module]
+    while stack:
+        m = stack.pop()
+        for p in m._parameters.values():
+            if p is not None:
+                return p
+        stack.extend(c for c in reversed(list(m._modules.values())) if c is not None)
+    return None
+
+
 def float_tensor(owner: str, x: object, shape: str = "(N, C, H, W)", like: "Optional[torch.nn.Module]" = None) -> None:
     """A TypeError unless ``x`` is a floating-point tensor (integer images must be converted first)
     and, outside autocast, of the same dtype as the parameters of ``like`` (when given)."""
@@ -50,7 +63,7 @@ def float_tensor(owner: str, x: object, shape: str = "(N, C, H, W)", like: "Opti
             f"{owner} expects a floating-point input (torch.float32, or float16/bfloat16 under autocast), "
             f"got dtype {x.dtype}; convert it with x.float() (uint8 images: x.float() / 255, then normalise)"
         )
-    param = next(like.parameters(), None) if like is not None else None
+    param = _first_parameter(like) if like is not None else None
     if param is not None and x.dtype != param.dtype and not torch.is_autocast_enabled(x.device.type):
         raise TypeError(f"{owner} has {param.dtype} weights but got a {x.dtype} input; convert the input with "
                         f"x.to({param.dtype}) (or the model with model.to({x.dtype}), or run under torch.autocast)")

@@ -72,7 +72,10 @@ def fast_path(x: torch.Tensor) -> bool:
 
 def spatial_mean(x: torch.Tensor) -> torch.Tensor:
     """``x.mean((2, 3))`` as ``x.sum((2, 3)) * (1 / (H W))``: (N, C, H, W) -> (N, C), equal to float
-    rounding; the backward pass broadcasts the (N, C) gradient without a full-size division."""
+    rounding; the backward pass broadcasts the (N, C) gradient without a full-size division. Without
+    gradients it is ``x.mean((2, 3))`` (one operation instead of two)."""
+    if not torch.is_grad_enabled():
+        return x.mean((2, 3))
     return x.sum((2, 3)) * (1.0 / (x.shape[2] * x.shape[3]))
 
 
@@ -95,13 +98,16 @@ def project_channels(x: torch.Tensor, conv: nn.Conv2d) -> torch.Tensor:
     n, c, h, w = x.shape
     weight = conv.weight.view(1, c)
     layout = _layout(x)
-    if layout == "cf":
-        s = torch.bmm(weight.expand(n, 1, c), x.view(n, c, h * w)).view(n, 1, h, w)
-    elif layout == "cl":
-        s = torch.mm(x.permute(0, 2, 3, 1).reshape(n * h * w, c), weight.t()).view(n, h, w, 1).permute(0, 3, 1, 2)
-    else:
+    if layout is None:
         return conv(x)
-    return s if conv.bias is None else s + conv.bias.view(1, 1, 1, 1)
+    if layout == "cf":
+        rows = x.view(n, c, h * w)
+        if conv.bias is None:
+            return torch.bmm(weight.expand(n, 1, c), rows).view(n, 1, h, w)
+        return torch.baddbmm(conv.bias.view(1, 1, 1), weight.expand(n, 1, c), rows).view(n, 1, h, w)
+    rows = x.permute(0, 2, 3, 1).reshape(n * h * w, c)
+    s = torch.mm(rows, weight.t()) if conv.bias is None else torch.addmm(conv.bias.view(1, 1), rows, weight.t())
+    return s.view(n, h, w, 1).permute(0, 3, 1, 2)
 
 
 def _reduce_to(t: torch.Tensor, shape: torch.Size) -> torch.Tensor:
@@ -185,10 +191,13 @@ def gate_product(x: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torch.Ten
     gates of size 1 along some of its dimensions.
     """
     try:
-        fits = a.dim() == b.dim() == 4 and torch.broadcast_shapes(x.shape, a.shape, b.shape) == x.shape
-    except RuntimeError:
-        fits = False
-    if not fits:
+        if torch.is_grad_enabled() and (x.requires_grad or a.requires_grad or b.requires_grad):
+            out = _GateProduct.apply(x, a, b)
+        else:  # nothing to differentiate: skip the autograd.Function's overhead (about 20 us a call)
+            out = torch.mul(x, a).mul_(b)
+    except RuntimeError as e:
+        out, error = None, e
+    if out is None or out.shape != x.shape:
         raise ValueError(f"gate_product: gates must broadcast to x's shape {tuple(x.shape)}, "
-                         f"got {tuple(a.shape)} and {tuple(b.shape)}")
-    return _GateProduct.apply(x, a, b)
+                         f"got {tuple(a.shape)} and {tuple(b.shape)}") from (None if out is not None else error)
+    return out

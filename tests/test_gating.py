@@ -120,8 +120,11 @@ def test_gate_product_refuses_gates_that_do_not_broadcast():
 def test_the_matrix_forms_equal_the_convolutions(fmt):
     torch.manual_seed(0)
     x = torch.randn(2, 12, 5, 4).contiguous(memory_format=FORMATS[fmt])
-    conv = nn.Conv2d(12, 1, 1)
-    torch.testing.assert_close(project_channels(x, conv), conv(x))
+    for bias in (True, False):
+        conv = nn.Conv2d(12, 1, 1, bias=bias)
+        torch.testing.assert_close(project_channels(x, conv), conv(x))
+        with torch.no_grad():
+            torch.testing.assert_close(project_channels(x, conv), conv(x))
     fc1, fc2 = nn.Conv2d(12, 3, 1), nn.Conv2d(3, 12, 1)
     pooled = x.mean((2, 3), keepdim=True)
     torch.testing.assert_close(channel_mlp(pooled, fc1, nn.ReLU(), fc2), fc2(torch.relu(fc1(pooled))).flatten(1))
