@@ -3,13 +3,17 @@
 For every backbone, the plain model and the same model with the article's default attention (plus,
 with ``--extra``, the other placements the notebooks discuss) are profiled in one run: parameters
 and FLOPs are exact counts at ``--input-size`` (fvcore, one fused multiply-add = one FLOP, shown with
-and without elementwise ops); latency is the median of ``--runs`` forwards after ``--warmup``,
-with the models of one backbone measured interleaved (round r times each model once) so that a busy
-machine slows all of them alike.
+and without elementwise ops). Latency (``sca_lib.profile.paired_latency``): the models of one
+backbone and a copy of the plain model are timed interleaved, round r running each once in an order
+that alternates round by round, after ``--warmup`` untimed calls each; every round's time is divided
+by the plain model's time of the same round, and the table gives the median of those ratios with
+[min, max] over ``--runs`` rounds. The copy (``plain (copy)``) should be 1: its spread is the
+smallest effect the run resolves. One intra-op thread by default (on a shared host, more threads
+make the spread, not the model, the measurement).
 
     python benchmarks/bench_backbones.py                                  # all backbones, 224x224, b1+b32
     python benchmarks/bench_backbones.py --backbones resnet18 --batch-sizes 1 --runs 5
-    python benchmarks/bench_backbones.py --extra --csv results/costs/costs.csv   # the committed table
+    python benchmarks/bench_backbones.py --extra --batch-sizes 1 --csv results/costs/costs_224_cpu.csv   # committed
 
 Nothing is downloaded: weights are random (cost does not depend on weight values).
 """
@@ -26,7 +30,7 @@ import pandas as pd
 import torch
 
 from sca_lib.backbones import build_classifier, list_backbones
-from sca_lib.profile import add_ratios, cost_table
+from sca_lib.profile import add_paired_latency, add_ratios, cost_table
 
 #: The article's C11 table (Pascal VOC2012 classification; its parameter counts are not 20-class).
 ARTICLE_C11 = {
@@ -58,9 +62,9 @@ def main(argv=None) -> int:
     parser.add_argument("--input-size", type=int, default=224, help="H = W of the input (default 224)")
     parser.add_argument("--num-classes", type=int, default=20)
     parser.add_argument("--batch-sizes", type=int, nargs="*", default=[1, 32])
-    parser.add_argument("--runs", type=int, default=5)
-    parser.add_argument("--warmup", type=int, default=2)
-    parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
+    parser.add_argument("--runs", type=int, default=21, help="paired rounds (each times every model once)")
+    parser.add_argument("--warmup", type=int, default=3, help="untimed calls per model before the rounds")
+    parser.add_argument("--threads", type=int, default=1, help="torch.set_num_threads (0: torch's default)")
     parser.add_argument("--device", default=None, help="cpu | cuda (default: cuda when available)")
     parser.add_argument("--extra", action="store_true", help="also the non-default placements")
     parser.add_argument("--no-latency", action="store_true", help="params and FLOPs only (seconds)")
@@ -78,18 +82,22 @@ def main(argv=None) -> int:
         models = {"plain": build_classifier(backbone, num_classes=args.num_classes)}
         for attention, placement, label in variants:
             models[label] = build_classifier(backbone, attention, placement=placement, num_classes=args.num_classes)
-        t = cost_table(models, size, batch_sizes=args.batch_sizes, device=device, warmup=args.warmup,
-                       runs=args.runs, latency=not args.no_latency)
+        t = cost_table(models, size, device=device, latency=False)
         t.insert(0, "backbone", backbone)
         t.insert(2, "attention", [None] + [v[0] for v in variants])
         t.insert(3, "placement", [None] + [str(list(m.sca_config["placement"])) for m in list(models.values())[1:]])
         add_ratios(t)  # to the plain model
+        if not args.no_latency:
+            t = add_paired_latency(t, models, (3, args.input_size, args.input_size), args.batch_sizes, device,
+                                       args.warmup, args.runs)
         keys = [(backbone, None)] + [(backbone, v[0]) if v[1] is None else (None, None) for v in variants]
+        keys += [(None, None)] * (len(t) - len(keys))
         t["article_params_M"] = [ARTICLE_C11.get(k, (None, None))[0] for k in keys]
         t["article_gflops"] = [ARTICLE_C11.get(k, (None, None))[1] for k in keys]
         tables.append(t)
         cols = ["model", "params_M", "gflops_fvcore", "gflops", "params_ratio", "flops_fvcore_ratio", "flops_ratio"]
         cols += [c for c in t.columns if c.startswith("latency_") and c != "latency_input_size"]
+        cols = [c for c in cols if c in t.columns]
         print(f"\n== {backbone} ({args.num_classes} classes, {args.input_size}x{args.input_size}, {device}, "
               f"{torch.get_num_threads()} threads) ==", flush=True)
         print(t[cols].to_string(index=False, float_format=lambda v: f"{v:.3f}"), flush=True)

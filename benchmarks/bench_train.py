@@ -12,9 +12,12 @@ for the same epochs. The bare loop is::
 
 The engine adds what it always does: gradient clipping (C7) with per-step norm bookkeeping, the
 divergence guard, a tqdm bar, per-step and per-epoch logs, and an atomic checkpoint after every
-epoch. Evaluation is switched off on both sides (it is not training). Runs alternate
-(bare, engine, bare, engine, ...) so that a busy machine slows both alike; the medians are compared.
-Engine images/s counts the whole epoch, checkpoint and log writing included.
+epoch. Evaluation is switched off on both sides (it is not training). Each round runs the bare
+loop, the engine and the bare loop again as a control (``bare (copy)``, whose ratio should be 1:
+its spread is the smallest overhead the run resolves), in an order that alternates round by round;
+``--warmup`` rounds run first and are not counted (the allocator, the data's first pass). The
+result is the median of the per-round ratios with [min, max]. Engine images/s counts the whole
+epoch, checkpoint and log writing included. One intra-op thread by default (``--threads``).
 """
 
 from __future__ import annotations
@@ -78,34 +81,52 @@ def main(argv=None) -> int:
     ap.add_argument("--images", type=int, default=320, help="training images (cpu-mode synthetic devkit)")
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--epochs", type=int, default=2)
-    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--repeats", type=int, default=5, help="counted rounds")
+    ap.add_argument("--warmup", type=int, default=1, help="rounds run first and not counted")
+    ap.add_argument("--threads", type=int, default=1, help="torch.set_num_threads (0: torch's default)")
     ap.add_argument("--json", type=Path, default=None, help="also write the result here")
     a = ap.parse_args(argv)
 
+    if a.threads:
+        torch.set_num_threads(a.threads)
     cfg = TrainConfig.from_mode("cpu", backbone=a.backbone, attention=a.attention, image_size=a.image_size,
                                   train_images=a.images, val_images=8, weights=None)
     train_set, _, classes = build_datasets(cfg, verbose=True)
     torch.manual_seed(0)
     start = build_classifier(a.backbone, attention=a.attention, num_classes=len(classes))
-    bare, eng = [], []
+    rates = {"bare": [], "engine": [], "bare (copy)": []}
     with tempfile.TemporaryDirectory() as tmp:
-        for r in range(a.repeats):
-            bare.append(bare_loop(copy.deepcopy(start), train_set, a.epochs, a.batch_size, 0.001, r))
-            eng.append(engine(copy.deepcopy(start), train_set, a.epochs, a.batch_size, 0.001, r,
-                              Path(tmp) / f"run{r}"))
-            print(f"repeat {r + 1}/{a.repeats}: bare {bare[-1]:.1f} images/s, engine {eng[-1]:.1f} images/s",
-                  flush=True)
-    b, e = statistics.median(bare), statistics.median(eng)
+        runs = {"bare": lambda r: bare_loop(copy.deepcopy(start), train_set, a.epochs, a.batch_size, 0.001, r),
+                "engine": lambda r: engine(copy.deepcopy(start), train_set, a.epochs, a.batch_size, 0.001, r,
+                                           Path(tmp) / f"run{r}"),
+                "bare (copy)": lambda r: bare_loop(copy.deepcopy(start), train_set, a.epochs, a.batch_size, 0.001, r)}
+        order = list(runs)
+        for r in range(a.warmup + a.repeats):
+            got = {name: runs[name](r) for name in (order if r % 2 == 0 else order[::-1])}
+            label = f"warm-up {r + 1}/{a.warmup}" if r < a.warmup else f"round {r - a.warmup + 1}/{a.repeats}"
+            print(f"{label}: " + ", ".join(f"{k} {v:.1f} images/s" for k, v in got.items()), flush=True)
+            if r >= a.warmup:
+                for k, v in got.items():
+                    rates[k].append(v)
+    # overhead per round: the engine's time per image over the bare loop's, minus 1
+    over = [b / e - 1 for b, e in zip(rates["bare"], rates["engine"])]
+    control = [b / c - 1 for b, c in zip(rates["bare"], rates["bare (copy)"])]
+    b, e = statistics.median(rates["bare"]), statistics.median(rates["engine"])
     result = {
         "backbone": a.backbone, "attention": a.attention, "image_size": a.image_size, "images": len(train_set),
-        "batch_size": a.batch_size, "epochs": a.epochs, "repeats": a.repeats,
-        "bare_images_per_s": b, "engine_images_per_s": e, "overhead": 1 - e / b,
+        "batch_size": a.batch_size, "epochs": a.epochs, "repeats": a.repeats, "warmup": a.warmup,
+        "bare_images_per_s": b, "engine_images_per_s": e,
+        "overhead": statistics.median(over), "overhead_min": min(over), "overhead_max": max(over),
+        "control": statistics.median(control), "control_min": min(control), "control_max": max(control),
         "torch": torch.__version__, "threads": torch.get_num_threads(), "machine": platform.processor() or
         platform.machine(), "command": "python benchmarks/bench_train.py " + " ".join(argv or sys.argv[1:]),
     }
     print(f"{a.backbone}+{a.attention} @ {a.image_size} px, {len(train_set)} images x {a.epochs} epochs, "
           f"batch {a.batch_size}, {torch.get_num_threads()} threads: bare {b:.1f} images/s, engine {e:.1f} "
-          f"images/s, engine overhead {100 * (1 - e / b):+.1f}% (median of {a.repeats})")
+          f"images/s; engine time per image over the bare loop's: {100 * result['overhead']:+.1f}% "
+          f"[{100 * min(over):+.1f}, {100 * max(over):+.1f}]; control (bare vs bare): "
+          f"{100 * result['control']:+.1f}% [{100 * min(control):+.1f}, {100 * max(control):+.1f}] "
+          f"(median [min, max] of {a.repeats} rounds after {a.warmup} warm-up)")
     if a.json:
         a.json.write_text(json.dumps(result, indent=1) + "\n")
     return 0

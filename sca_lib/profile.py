@@ -52,6 +52,7 @@ __all__ = [
     "measure_latency",
     "compare_latency",
     "paired_latency",
+    "add_paired_latency",
     "time_interleaved",
     "paired_ratios",
     "cost_table",
@@ -337,6 +338,34 @@ def paired_latency(models: Mapping[str, nn.Module], input_size: SizeArg = (3, 22
     if control:
         models[f"{first} (copy)"] = copy.deepcopy(models[first])
     return paired_ratios(_interleaved_times(models, input_size, batch_size, device, warmup, runs))
+
+
+def add_paired_latency(table: pd.DataFrame, models: Mapping[str, nn.Module], input_size: SizeArg = (3, 224, 224),
+                       batch_sizes: Sequence[int] = (1,), device: Union[str, torch.device] = "cpu", warmup: int = 3,
+                       runs: int = 21) -> pd.DataFrame:
+    """``table`` (one row per model, ``model`` column, the first model first: :func:`cost_table`
+    with ``latency=False``) with paired latency columns and a ``"<first> (copy)"`` control row.
+
+    For each batch size B (:func:`paired_latency`, ``control=True``): ``latency_ms_b{B}`` (median),
+    ``latency_ratio_b{B}`` (median of the per-round ratios to the first model),
+    ``latency_ratio_min_b{B}``, ``latency_ratio_max_b{B}`` and ``latency_rounds_b{B}``; also
+    ``threads`` and ``latency_input_size``. The control row repeats the first model's other columns.
+    Returns a new DataFrame.
+    """
+    first = next(iter(models))
+    if table.iloc[0]["model"] != first:
+        raise ValueError(f"add_paired_latency: the table's first row must be the first model {first!r}, "
+                         f"got {table.iloc[0]['model']!r}")
+    table = pd.concat([table, table.iloc[[0]].assign(model=f"{first} (copy)")], ignore_index=True)
+    for b in batch_sizes:
+        lat = paired_latency(models, input_size, b, device, warmup, runs, control=True).set_index("model")
+        for col, key in (("latency_ms", "median_ms"), ("latency_ratio", "ratio"),
+                         ("latency_ratio_min", "ratio_min"), ("latency_ratio_max", "ratio_max"),
+                         ("latency_rounds", "rounds")):
+            table[f"{col}_b{b}"] = [lat.loc[m, key] for m in table["model"]]
+    table["threads"] = torch.get_num_threads()
+    table["latency_input_size"] = "x".join(map(str, _input_shape(input_size)[1:]))
+    return table
 
 
 def cost_table(models: Mapping[str, nn.Module], input_size: SizeArg = (1, 3, 224, 224),

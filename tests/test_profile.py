@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pandas as pd
 import pytest
 import torch
 from torch import nn
@@ -189,3 +190,59 @@ def test_paired_latency_divides_round_by_round_and_times_a_control(monkeypatch):
     assert t.loc["attn", "median_ms"] == 12.0
     with pytest.raises(ValueError, match="at least one model"):
         paired_latency({})
+
+
+def test_time_interleaved_warms_up_alternates_and_times_cuda_with_events(monkeypatch):
+    from sca_lib.profile import paired_ratios, time_interleaved
+
+    calls = []
+    times = time_interleaved({k: (lambda k=k: calls.append(k)) for k in "ab"}, rounds=3, warmup=2)
+    assert calls == list("aabb") + list("ab") + list("ba") + list("ab")
+    assert {k: len(v) for k, v in times.items()} == {"a": 3, "b": 3}
+    with pytest.raises(ValueError, match="rounds >= 1"):
+        time_interleaved({"a": lambda: None}, rounds=0)
+
+    # on a GPU each call is bracketed by CUDA events recorded after a synchronisation
+    log = []
+
+    class FakeEvent:
+        def __init__(self, enable_timing=False):
+            assert enable_timing
+            self.t = None
+
+        def record(self):
+            log.append("record")
+            self.t = len(log)
+
+        def synchronize(self):
+            log.append("event sync")
+
+        def elapsed_time(self, end):
+            return float(end.t - self.t)
+
+    monkeypatch.setattr(torch.cuda, "Event", FakeEvent)
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda device=None: log.append("sync"))
+    t = time_interleaved({"a": lambda: log.append("call")}, rounds=1, warmup=0, device="cuda")
+    assert log == ["sync", "record", "call", "record", "event sync"] and t == {"a": [2.0]}
+    r = paired_ratios({"a": [2.0, 4.0], "b": [3.0, 4.0]}).set_index("model")
+    assert r.loc["b", "ratio"] == pytest.approx(1.25) and r.loc["b", "ratio_max"] == pytest.approx(1.5)
+
+
+def test_add_paired_latency_adds_ratio_columns_and_a_control_row(monkeypatch):
+    from sca_lib.profile import add_paired_latency
+
+    def fake(models, input_size, batch_size, device, warmup, runs, control):
+        assert control and batch_size in (1, 8)
+        return pd.DataFrame({"model": list(models) + ["plain (copy)"], "median_ms": [10.0, 12.0, 10.1],
+                             "ratio": [1.0, 1.2, 1.01], "ratio_min": [1.0, 1.1, 0.98],
+                             "ratio_max": [1.0, 1.3, 1.03], "rounds": [runs] * 3})
+
+    monkeypatch.setattr(sca_lib.profile, "paired_latency", fake)
+    table = pd.DataFrame({"model": ["plain", "attn"], "params_M": [1.0, 1.1]})
+    out = add_paired_latency(table, {"plain": nn.Identity(), "attn": nn.Identity()}, (3, 8, 8), (1, 8), runs=5)
+    assert list(out["model"]) == ["plain", "attn", "plain (copy)"]
+    assert list(out["params_M"]) == [1.0, 1.1, 1.0]
+    assert list(out["latency_ratio_b8"]) == [1.0, 1.2, 1.01] and list(out["latency_ratio_min_b1"]) == [1.0, 1.1, 0.98]
+    assert set(out["latency_rounds_b1"]) == {5} and set(out["latency_input_size"]) == {"3x8x8"}
+    with pytest.raises(ValueError, match="first row must be the first model 'attn'"):
+        add_paired_latency(table, {"attn": nn.Identity(), "plain": nn.Identity()}, (3, 8, 8))
