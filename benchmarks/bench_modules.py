@@ -25,6 +25,7 @@ next call pays the page faults again. ``--allocator retain`` reruns the script w
     python benchmarks/bench_modules.py --threads 1 --cold --out results/performance    # the committed tables
     python benchmarks/bench_modules.py --threads 1 --allocator retain --out results/performance
     python benchmarks/bench_modules.py --shapes 8x64x56x56 --modules dual --rounds 5   # seconds
+    python benchmarks/bench_modules.py --modules dual --compile --shapes 32x256x28x28 8x64x56x56   # torch.compile
     python benchmarks/bench_modules.py --device cuda --out results/performance         # on a GPU (CUDA events)
 """
 
@@ -97,7 +98,7 @@ def _product(x: torch.Tensor, y: torch.Tensor, grad: torch.Tensor) -> Callable[[
 
 
 def measure(shape, fmt: str, pass_: str, modules, rounds: int, warmup: int, device: str,
-            with_timm: bool = True) -> pd.DataFrame:
+            with_timm: bool = True, compile_: bool = False) -> pd.DataFrame:
     """One block: the floor, its copy, and every module (fast, reference, timm's) at one setting."""
     torch.manual_seed(0)
     memory_format = FORMATS[fmt]
@@ -107,6 +108,11 @@ def measure(shape, fmt: str, pass_: str, modules, rounds: int, warmup: int, devi
     built = {name: create_attention(name, shape[1]).to(device) for name in modules}
     if with_timm:
         built.update({f"timm:{n}": m.to(device) for n in modules if (m := timm_module(n, shape[1])) is not None})
+    compiled = {}
+    if compile_:  # torch.compile of the fast path and of the reference form (compiled during the warm-up)
+        for n in modules:
+            compiled[f"{n} (compiled)"] = (torch.compile(built[n]), False)
+            compiled[f"{n} (compiled reference)"] = (torch.compile(built[n]), True)
     if pass_ == "forward":
         fns["floor"], fns["floor (copy)"] = _floor(x), _floor(x)  # the same input: the same cache state
         for name, m in built.items():
@@ -114,6 +120,8 @@ def measure(shape, fmt: str, pass_: str, modules, rounds: int, warmup: int, devi
             fns[name] = _forward(m, x)
             if not name.startswith("timm:"):
                 fns[f"{name} (reference)"] = _forward(m, x, reference=True)
+        for name, (m, reference) in compiled.items():
+            fns[name] = _forward(m, x, reference)
         with torch.inference_mode():
             times = time_interleaved(fns, rounds, warmup, device)
     else:
@@ -125,6 +133,8 @@ def measure(shape, fmt: str, pass_: str, modules, rounds: int, warmup: int, devi
             fns[name] = _forward_backward(m, xg, grad)
             if not name.startswith("timm:"):
                 fns[f"{name} (reference)"] = _forward_backward(m, xg, grad, reference=True)
+        for name, (m, reference) in compiled.items():
+            fns[name] = _forward_backward(m, xg, grad, reference)
         times = time_interleaved(fns, rounds, warmup, device)
     table = paired_ratios(times, base="floor")
     speedup = {}
@@ -247,6 +257,8 @@ def main(argv=None) -> int:
     parser.add_argument("--cold", action="store_true", help="also time the first forward in fresh processes")
     parser.add_argument("--cold-processes", type=int, default=5)
     parser.add_argument("--no-timm", action="store_true", help="skip timm's modules")
+    parser.add_argument("--compile", action="store_true",
+                        help="also torch.compile each module (fast path and reference form; compiled in the warm-up)")
     parser.add_argument("--out", type=Path, default=None, help="write modules_<device>_<allocator>.{csv,md} here")
     args = parser.parse_args(argv)
     if args.allocator == "retain" and any(os.environ.get(k) != v for k, v in RETAIN.items()):
@@ -269,7 +281,7 @@ def main(argv=None) -> int:
         for fmt in args.formats:
             for pass_ in args.passes:
                 blocks.append(measure(shape, fmt, pass_, args.modules, args.rounds, args.warmup, args.device,
-                                      with_timm=not args.no_timm))
+                                      with_timm=not args.no_timm, compile_=args.compile))
                 print(f"  {pass_:16s} {'x'.join(map(str, shape)):14s} {fmt}", file=sys.stderr, flush=True)
     table = pd.concat(blocks, ignore_index=True)
     cold = cold_forward(shapes, args.cold_processes, args.threads) if args.cold and args.device == "cpu" else None
@@ -294,6 +306,7 @@ def main(argv=None) -> int:
     if args.out:
         args.out.mkdir(parents=True, exist_ok=True)
         stem = f"modules_{'cuda' if args.device.startswith('cuda') else 'cpu'}_{args.allocator}"
+        stem += "_compiled" if args.compile else ""
         table.to_csv(args.out / f"{stem}.csv", index=False)
         if cold is not None:
             cold.to_csv(args.out / f"{stem}_cold.csv", index=False)
