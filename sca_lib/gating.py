@@ -154,6 +154,13 @@ def _pair_grads(u: torch.Tensor, a: torch.Tensor, b: torch.Tensor,
     return ga, gb
 
 
+def _product(x: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """``x * a * b`` in one allocation: ``torch.mul`` then an in-place multiply (out of place when
+    ``b`` would promote the dtype, as a float32 gate on a float16 map does)."""
+    out = torch.mul(x, a)
+    return out.mul_(b) if torch.result_type(out, b) == out.dtype else out * b
+
+
 class _GateProduct(torch.autograd.Function):
     """``x * a * b``: one allocation forward; saves the inputs, not the intermediate ``x * a``.
     Differentiable once (a second derivative needs :func:`reference_gating`)."""
@@ -161,8 +168,7 @@ class _GateProduct(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         ctx.save_for_backward(x, a, b)
-        out = torch.mul(x, a)
-        return out.mul_(b)
+        return _product(x, a, b)
 
     @staticmethod
     @once_differentiable
@@ -170,6 +176,8 @@ class _GateProduct(torch.autograd.Function):
         x, a, b = ctx.saved_tensors
         need_x, need_a, need_b = ctx.needs_input_grad
         grad = grad.contiguous(memory_format=torch.channels_last if _layout(x) == "cl" else torch.contiguous_format)
+        dtype = grad.dtype  # the product's (promoted) dtype; autograd casts each gradient back to its input's
+        x, a, b = x.to(dtype), a.to(dtype), b.to(dtype)
         u = ga = gb = None
         if need_a or need_b:
             u = torch.mul(grad, x)
@@ -194,7 +202,7 @@ def gate_product(x: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torch.Ten
         if torch.is_grad_enabled() and (x.requires_grad or a.requires_grad or b.requires_grad):
             out = _GateProduct.apply(x, a, b)
         else:  # nothing to differentiate: skip the autograd.Function's overhead (about 20 us a call)
-            out = torch.mul(x, a).mul_(b)
+            out = _product(x, a, b)
     except RuntimeError as e:
         out, error = None, e
     if out is None or out.shape != x.shape:

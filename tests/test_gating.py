@@ -96,6 +96,27 @@ def test_gate_product_gradients_match_finite_differences(shapes, fmt):
     assert torch.autograd.gradcheck(gate_product, (x, a, b))
 
 
+@pytest.mark.parametrize("dtypes", [(torch.float32, torch.float64, torch.float32),
+                                    (torch.float64, torch.float32, torch.float32),
+                                    (torch.float32, torch.float32, torch.float64)])
+def test_gate_product_promotes_mixed_dtypes_as_the_expression_does(dtypes):
+    """Under autocast a gate can come out in another precision than the map: same dtype, values, gradients."""
+    torch.manual_seed(0)
+    shapes = ((2, 3, 4, 5), (2, 3, 1, 1), (2, 1, 4, 5))
+    inputs = [torch.randn(s, dtype=d, requires_grad=True) for s, d in zip(shapes, dtypes)]
+    grad = torch.randn(shapes[0], dtype=torch.float64)
+    out = gate_product(*inputs)
+    ref = inputs[0] * inputs[1] * inputs[2]
+    assert out.dtype == ref.dtype == torch.float64
+    got = torch.autograd.grad(out, inputs, grad)
+    want = torch.autograd.grad(ref, inputs, grad)
+    for g, w, t in zip(got, want, inputs):
+        assert g.dtype == t.dtype
+        torch.testing.assert_close(g, w)
+    with torch.no_grad():
+        torch.testing.assert_close(gate_product(*inputs), ref)
+
+
 def test_gate_product_saves_less_than_the_expression():
     """The backward pass keeps x and the two gates, not the full-size intermediate x * a."""
     x = torch.randn(2, 16, 8, 8, requires_grad=True)
