@@ -110,6 +110,9 @@ def measure(shape, fmt: str, pass_: str, modules, rounds: int, warmup: int, devi
         built.update({f"timm:{n}": m.to(device) for n in modules if (m := timm_module(n, shape[1])) is not None})
     compiled = {}
     if compile_:  # torch.compile of the fast path and of the reference form (compiled during the warm-up)
+        from torch import _dynamo
+        _dynamo.reset()  # every block compiles afresh: cached entries of earlier blocks would hit the limit
+        _dynamo.config.recompile_limit = 64  # fast/reference x grad modes recompile the same forward
         for n in modules:
             compiled[f"{n} (compiled)"] = (torch.compile(built[n]), False)
             compiled[f"{n} (compiled reference)"] = (torch.compile(built[n]), True)
