@@ -70,6 +70,12 @@ def test_the_dual_module_takes_the_fused_product_only_when_it_applies():
     assert not fast_path(torch.randn(8, 5, 5))
 
 
+def test_under_torch_compile_channels_last_takes_the_reference_form(monkeypatch):
+    x = torch.randn(2, 8, 5, 5)
+    monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)
+    assert fast_path(x) and not fast_path(x.contiguous(memory_format=torch.channels_last))
+
+
 def test_frozen_input_gets_gate_gradients_only():
     torch.manual_seed(0)
     module = DualAttention(8, 2)
