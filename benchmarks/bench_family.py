@@ -112,16 +112,17 @@ def main(argv=None) -> int:
         args.out.mkdir(parents=True, exist_ok=True)
         table.to_csv(args.out / "costs.csv", index=False)
         cmd = "python benchmarks/bench_family.py " + " ".join(sys.argv[1:] if argv is None else argv)
+        where = (f"Measured on {torch.cuda.get_device_name(args.device)} (CUDA events)." if args.device.startswith("cuda")
+                 else "CPU only (shared machine); GPU latency: not measured yet (`--device cuda`).")
         (args.out / "costs.md").write_text(
             "# What each attention module costs, at the article's placements\n\n"
-            f"Regenerate: `{cmd}` ({wall:.0f} s on the development machine: a shared 2-core x86_64 VM, no GPU, "
+            f"Regenerate: `{cmd}` ({wall:.0f} s on {'a GPU machine' if args.device.startswith('cuda') else 'the development machine: a shared 2-core x86_64 VM, no GPU'}, "
             f"torch {torch.__version__}, {torch.get_num_threads()} intra-op thread(s)).\n\n"
             "Parameters and FLOPs are exact and machine-independent (fvcore, one fused multiply-add = one FLOP, "
             "activations, gates, pooling and elementwise products included), 20-class heads. Latency (batch 1): all "
             "models of a backbone and a copy of the plain model timed interleaved in alternating order after "
             f"{args.warmup} warm-up calls each; per round, each time over the plain model's; the median with [min, max] "
-            f"over {args.runs} rounds; `plain (copy)` is the control. CPU only (shared machine). GPU latency: not "
-            "measured yet (`--device cuda`). On ResNet50 the article's placement replaces `layer4.1` with an "
+            f"over {args.runs} rounds; `plain (copy)` is the control. {where} On ResNet50 the article's placement replaces `layer4.1` with an "
             "attention residual block (the module plus a 3x3 conv), so every row there carries that conv's 37.7 M "
             "parameters; the `layer4.1.inside` block shows the modules' own cost at the same depth.\n\n" + text + "\n")
     return 0

@@ -253,7 +253,8 @@ def main(argv=None) -> int:
                         choices=["forward", "forward+backward"])
     parser.add_argument("--rounds", type=int, default=15)
     parser.add_argument("--warmup", type=int, default=3)
-    parser.add_argument("--threads", type=int, default=1, help="intra-op threads (1: stable on a shared host)")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="intra-op threads (1: stable on a shared host; 0: torch's default)")
     parser.add_argument("--device", default="cpu", help="cpu or cuda (timed with CUDA events)")
     parser.add_argument("--allocator", choices=["default", "retain"], default="default",
                         help="retain: rerun with glibc settings that keep freed memory in the process")
@@ -265,7 +266,9 @@ def main(argv=None) -> int:
     parser.add_argument("--out", type=Path, default=None, help="write modules_<device>_<allocator>.{csv,md} here")
     args = parser.parse_args(argv)
     if args.allocator == "retain" and any(os.environ.get(k) != v for k, v in RETAIN.items()):
-        os.execve(sys.executable, [sys.executable, *sys.argv], {**os.environ, **RETAIN})  # settings apply at start
+        # glibc reads these at start: rerun this script, with the same interpreter flags, in a fresh process
+        cmd = [sys.executable, *sys.orig_argv[1:]] if argv is None else [sys.executable, __file__, *argv]
+        os.execve(sys.executable, cmd, {**os.environ, **RETAIN})
     try:
         shapes = [tuple(int(v) for v in s.split("x")) for s in args.shapes]
         if any(len(s) != 4 for s in shapes):
@@ -277,7 +280,8 @@ def main(argv=None) -> int:
         parser.error(f"unknown modules {unknown}; choose from {', '.join(MODULES)}")
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         parser.error("--device cuda: no CUDA device here")
-    torch.set_num_threads(args.threads)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     start = time.perf_counter()
     blocks: List[pd.DataFrame] = []
     for shape in shapes:

@@ -30,7 +30,7 @@ import torch
 from torch import nn
 
 from ._checks import feature_map, one_of, positive_int, real_in
-from .gating import channel_mlp, fast_path, gate_product, project_channels, spatial_mean
+from .gating import channel_mlp, fast_path, gate_product, plain_layers, project_channels, spatial_mean
 
 __all__ = [
     "AttentionModule",
@@ -138,8 +138,8 @@ class ChannelAttention(nn.Module):
 
     def weights(self, x: torch.Tensor) -> torch.Tensor:
         """(N, C, H, W) -> (N, C, 1, 1) channel weights."""
-        if fast_path(x):
-            return self.gate(channel_mlp(spatial_mean(x), self.fc1, self.act, self.fc2)).view(x.shape[0], -1, 1, 1)
+        if fast_path(x) and plain_layers(self.pool, self.fc1, self.fc2):
+            return self.gate(channel_mlp(spatial_mean(x), self.fc1, self.act, self.fc2).view(x.shape[0], -1, 1, 1))
         return self.gate(self.fc2(self.act(self.fc1(self.pool(x)))))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -163,7 +163,8 @@ class SpatialAttention(nn.Module):
 
     def weights(self, x: torch.Tensor) -> torch.Tensor:
         """(N, C, H, W) -> (N, 1, H, W) spatial weights."""
-        return self.gate(project_channels(x, self.conv) if fast_path(x) else self.conv(x))
+        fast = fast_path(x) and plain_layers(self.conv)
+        return self.gate(project_channels(x, self.conv) if fast else self.conv(x))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         feature_map(type(self).__name__, x, self.channels, like=self)

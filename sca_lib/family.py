@@ -33,7 +33,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ._checks import feature_map, one_of, positive_int
-from .gating import channel_mlp, fast_path, gate_product, spatial_mean
+from .gating import channel_mlp, fast_path, gate_product, plain_layers, spatial_mean
 from .attention import AttentionModule, ChannelAttention, LayerType, _check_channels, _reduced_channels
 
 __all__ = ["CBAM", "ECA", "eca_kernel_size", "CoordinateAttention", "SCACNNAttention", "ResidualBottleneck",
@@ -81,7 +81,7 @@ class CBAM(AttentionModule):
     def channel_weights(self, x: torch.Tensor) -> torch.Tensor:
         """``M_c``: (N, C, H, W) -> (N, C, 1, 1)."""
         mlp = self.channel
-        if fast_path(x):  # both descriptors through the MLP in one pair of matrix products
+        if fast_path(x) and plain_layers(mlp.fc1, mlp.fc2):  # both descriptors through the MLP in one go
             n = x.shape[0]
             both = channel_mlp(torch.cat([spatial_mean(x), x.amax((2, 3))]), mlp.fc1, mlp.act, mlp.fc2)
             return torch.sigmoid(both[:n] + both[n:]).view(n, -1, 1, 1)

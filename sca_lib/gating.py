@@ -20,8 +20,10 @@ the same numbers with fewer passes:
 
 The modules take the fast path by default when it applies (:func:`fast_path`: a 4-D tensor that is
 contiguous in channels-first or channels-last order, not under ``torch.jit`` tracing or scripting,
-so FLOP counting and export see the reference operations, and not channels last under
-``torch.compile``, where inductor fuses the reference form better). :func:`reference_gating` switches it
+so fvcore's FLOP count and TorchScript see the reference operations, and not channels last under
+``torch.compile``, where inductor fuses the reference form better; ``torch.export`` records the fast
+path's operations), and where the layers it reads are plain (:func:`plain_layers`: no hooks, no
+pruning, no QAT or parametrized subclasses). :func:`reference_gating` switches it
 off, for tests (the two paths agree to float rounding, outputs and gradients) and benchmarks.
 ``benchmarks/bench_modules.py`` measures both against the memory floor.
 """
@@ -34,9 +36,8 @@ from typing import Iterator, Optional, Tuple
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.autograd.function import once_differentiable
 
-__all__ = ["fast_path", "reference_gating", "spatial_mean", "channel_mlp", "project_channels", "gate_product"]
+__all__ = ["fast_path", "plain_layers", "reference_gating", "spatial_mean", "channel_mlp", "project_channels", "gate_product"]
 
 _ENABLED = True
 
@@ -65,11 +66,11 @@ def _layout(x: torch.Tensor) -> Optional[str]:
 
 def fast_path(x: torch.Tensor) -> bool:
     """Whether the modules take the fast path for ``x``: switched on (see :func:`reference_gating`),
-    not tracing or scripting, ``x`` 4-D and contiguous in channels-first or channels-last order, and
+    not tracing or scripting, ``x`` 4-D, not empty and contiguous in channels-first or channels-last order, and
     not channels last under ``torch.compile``, where inductor fuses the reference form's
     elementwise work itself and beats the fast path (forward+backward 2.0-2.6x the floor against
     3.3-3.9x, ``results/performance``)."""
-    if not _ENABLED or torch.jit.is_tracing() or torch.jit.is_scripting() or x.dim() != 4:
+    if not _ENABLED or torch.jit.is_tracing() or torch.jit.is_scripting() or x.dim() != 4 or x.numel() == 0:
         return False
     layout = _layout(x)
     if layout == "cl" and torch.compiler.is_compiling():
@@ -77,11 +78,26 @@ def fast_path(x: torch.Tensor) -> bool:
     return layout is not None
 
 
+_PLAIN_LAYERS = (nn.Conv2d, nn.AdaptiveAvgPool2d)
+
+
+def plain_layers(*layers: nn.Module) -> bool:
+    """Whether the fast path may use these layers' weights without calling them: each is exactly an
+    ``nn.Conv2d`` or ``nn.AdaptiveAvgPool2d`` (not a subclass, such as a QAT or parametrized conv)
+    with no forward hooks or pre-hooks of its own, and no global ones are registered. Pruning,
+    hook-based weight norm and FLOP counters work through such hooks; with them the modules call
+    their layers (the reference form)."""
+    from torch.nn.modules import module as _module
+    if _module._global_forward_hooks or _module._global_forward_pre_hooks:
+        return False
+    return all(type(m) in _PLAIN_LAYERS and not m._forward_hooks and not m._forward_pre_hooks for m in layers)
+
+
 def spatial_mean(x: torch.Tensor) -> torch.Tensor:
     """``x.mean((2, 3))`` as ``x.sum((2, 3)) * (1 / (H W))``: (N, C, H, W) -> (N, C), equal to float
     rounding; the backward pass broadcasts the (N, C) gradient without a full-size division. Without
-    gradients it is ``x.mean((2, 3))`` (one operation instead of two)."""
-    if not torch.is_grad_enabled():
+    gradients (and in float16, whose sum would overflow) it is ``x.mean((2, 3))``."""
+    if not torch.is_grad_enabled() or x.dtype == torch.float16:  # a float16 sum overflows past 65504
         return x.mean((2, 3))
     return x.sum((2, 3)) * (1.0 / (x.shape[2] * x.shape[3]))
 
@@ -93,7 +109,8 @@ def channel_mlp(pooled: torch.Tensor, fc1: nn.Conv2d, act: nn.Module, fc2: nn.Co
     the (N, C, 1, 1) map, to float rounding.
     """
     h = F.linear(pooled.flatten(1), fc1.weight.flatten(1), fc1.bias)
-    return F.linear(act(h), fc2.weight.flatten(1), fc2.bias)
+    h = act(h[:, :, None, None]).flatten(1)  # the activation sees the (N, C', 1, 1) map it sees in the reference
+    return F.linear(h, fc2.weight.flatten(1), fc2.bias)
 
 
 def project_channels(x: torch.Tensor, conv: nn.Conv2d) -> torch.Tensor:
@@ -115,12 +132,6 @@ def project_channels(x: torch.Tensor, conv: nn.Conv2d) -> torch.Tensor:
     rows = x.permute(0, 2, 3, 1).reshape(n * h * w, c)
     s = torch.mm(rows, weight.t()) if conv.bias is None else torch.addmm(conv.bias.view(1, 1), rows, weight.t())
     return s.view(n, h, w, 1).permute(0, 3, 1, 2)
-
-
-def _reduce_to(t: torch.Tensor, shape: torch.Size) -> torch.Tensor:
-    """``t`` summed over the dimensions where ``shape`` broadcasts (size 1), kept as size 1."""
-    dims = tuple(d for d, (a, b) in enumerate(zip(t.shape, shape)) if b == 1 and a != 1)
-    return t.sum(dims, keepdim=True) if dims else t
 
 
 def _pair_grads(u: torch.Tensor, a: torch.Tensor, b: torch.Tensor,
@@ -155,9 +166,9 @@ def _pair_grads(u: torch.Tensor, a: torch.Tensor, b: torch.Tensor,
             gb = torch.matmul(a.reshape(n, c, 1, h), u)
         return ga, gb
     if need_a:
-        ga = _reduce_to(u * b, a.shape)
+        ga = (u * b).sum_to_size(a.shape)
     if need_b:
-        gb = _reduce_to(u * a, b.shape)
+        gb = (u * a).sum_to_size(b.shape)
     return ga, gb
 
 
@@ -165,23 +176,37 @@ def _product(x: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """``x * a * b`` in one allocation: ``torch.mul`` then an in-place multiply (out of place when
     ``b`` would promote the dtype, as a float32 gate on a float16 map does)."""
     out = torch.mul(x, a)
-    return out.mul_(b) if torch.result_type(out, b) == out.dtype else out * b
+    return out.mul_(b) if torch.promote_types(out.dtype, b.dtype) == out.dtype else out * b
 
 
 class _GateProduct(torch.autograd.Function):
     """``x * a * b``: one allocation forward; saves the inputs, not the intermediate ``x * a``.
-    Differentiable once (a second derivative needs :func:`reference_gating`)."""
+
+    Backward: the fast reductions of :func:`_pair_grads`, or, when the backward pass itself is
+    differentiated (``create_graph=True``, a gradient penalty), the plain out-of-place formulas.
+    Forward mode (``jvp``) and ``torch.func`` transforms are supported.
+    """
+
+    generate_vmap_rule = True
 
     @staticmethod
-    def forward(ctx, x: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-        ctx.save_for_backward(x, a, b)
+    def forward(x: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         return _product(x, a, b)
 
     @staticmethod
-    @once_differentiable
+    def setup_context(ctx, inputs, output) -> None:
+        ctx.save_for_backward(*inputs)
+        ctx.save_for_forward(*inputs)
+
+    @staticmethod
     def backward(ctx, grad: torch.Tensor):
         x, a, b = ctx.saved_tensors
         need_x, need_a, need_b = ctx.needs_input_grad
+        if torch.is_grad_enabled() or torch._C._functorch.is_batchedtensor(grad):
+            # differentiable (double backward) and vmap-safe: no out= and no in-place ops
+            return (grad * a * b if need_x else None,
+                    (grad * x * b).sum_to_size(a.shape) if need_a else None,
+                    (grad * x * a).sum_to_size(b.shape) if need_b else None)
         grad = grad.contiguous(memory_format=torch.channels_last if _layout(x) == "cl" else torch.contiguous_format)
         dtype = grad.dtype  # the product's (promoted) dtype; autograd casts each gradient back to its input's
         x, a, b = x.to(dtype), a.to(dtype), b.to(dtype)
@@ -196,6 +221,18 @@ class _GateProduct(torch.autograd.Function):
             gx = gx.mul_(b)
         return gx, ga, gb
 
+    @staticmethod
+    def jvp(ctx, tx: Optional[torch.Tensor], ta: Optional[torch.Tensor], tb: Optional[torch.Tensor]) -> torch.Tensor:
+        x, a, b = ctx.saved_tensors
+        terms = [t for t in (None if tx is None else tx * a * b, None if ta is None else x * ta * b,
+                             None if tb is None else x * a * tb) if t is not None]
+        return sum(terms[1:], terms[0]) if terms else torch.zeros_like(_product(x, a, b))
+
+
+def _broadcasts(gate: torch.Tensor, shape: torch.Size) -> bool:
+    """Whether ``gate`` broadcasts to ``shape`` without changing it (dimensions matched from the right)."""
+    return gate.dim() <= len(shape) and all(g == 1 or g == s for g, s in zip(reversed(gate.shape), reversed(shape)))
+
 
 def gate_product(x: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """``x * a * b`` for gates ``a`` and ``b`` that broadcast against ``x`` (N, C, H, W).
@@ -205,14 +242,11 @@ def gate_product(x: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torch.Ten
     Used by the fast path only (see :func:`fast_path`); call it on tensors of ``x``'s shape or
     gates of size 1 along some of its dimensions.
     """
-    try:
-        if torch.is_grad_enabled() and (x.requires_grad or a.requires_grad or b.requires_grad):
-            out = _GateProduct.apply(x, a, b)
-        else:  # nothing to differentiate: skip the autograd.Function's overhead (about 20 us a call)
-            out = _product(x, a, b)
-    except RuntimeError as e:
-        out, error = None, e
-    if out is None or out.shape != x.shape:
+    if not (_broadcasts(a, x.shape) and _broadcasts(b, x.shape)):
         raise ValueError(f"gate_product: gates must broadcast to x's shape {tuple(x.shape)}, "
-                         f"got {tuple(a.shape)} and {tuple(b.shape)}") from (None if out is not None else error)
-    return out
+                         f"got {tuple(a.shape)} and {tuple(b.shape)}")
+    if torch.compiler.is_compiling():  # inductor fuses the plain product into one pass itself
+        return x * a * b
+    if torch.is_grad_enabled() and (x.requires_grad or a.requires_grad or b.requires_grad):
+        return _GateProduct.apply(x, a, b)
+    return _product(x, a, b)  # nothing to differentiate: skip the autograd.Function's overhead (about 20 us)

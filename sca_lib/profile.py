@@ -219,9 +219,10 @@ def _timer(device: torch.device) -> Callable[[Callable[[], Any]], float]:
         def once(fn: Callable[[], Any]) -> float:
             start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
             torch.cuda.synchronize(device)
-            start.record()
+            stream = torch.cuda.current_stream(device)  # the device's stream, not the current device's
+            start.record(stream)
             fn()
-            end.record()
+            end.record(stream)
             end.synchronize()
             return start.elapsed_time(end)
     else:

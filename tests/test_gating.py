@@ -3,6 +3,7 @@
 import pytest
 import torch
 from torch import nn
+from torch.nn.utils import prune
 
 from sca_lib.attention import DualAttention, create_attention, list_attentions
 from sca_lib.gating import channel_mlp, fast_path, gate_product, project_channels, reference_gating
@@ -155,3 +156,82 @@ def test_the_matrix_forms_equal_the_convolutions(fmt):
     fc1, fc2 = nn.Conv2d(12, 3, 1), nn.Conv2d(3, 12, 1)
     pooled = x.mean((2, 3), keepdim=True)
     torch.testing.assert_close(channel_mlp(pooled, fc1, nn.ReLU(), fc2), fc2(torch.relu(fc1(pooled))).flatten(1))
+
+
+def test_second_derivatives_forward_mode_and_torch_func_work_through_the_product():
+    torch.manual_seed(0)
+    x = torch.randn(2, 3, 4, 5, dtype=torch.float64, requires_grad=True)
+    a = torch.rand(2, 3, 1, 1, dtype=torch.float64, requires_grad=True)
+    b = torch.rand(2, 1, 4, 5, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradgradcheck(gate_product, (x, a, b))
+    with torch.autograd.forward_ad.dual_level():
+        tangent = torch.randn_like(a)
+        out = gate_product(x, torch.autograd.forward_ad.make_dual(a, tangent), b)
+        torch.testing.assert_close(torch.autograd.forward_ad.unpack_dual(out).tangent, x * tangent * b)
+    jac = torch.func.jacrev(lambda g: gate_product(x.detach(), g, b.detach()))(a.detach())
+    torch.testing.assert_close(jac, torch.func.jacrev(lambda g: x.detach() * g * b.detach())(a.detach()))
+    # a gradient penalty through the whole module, as the reference form computes it
+    module = DualAttention(3, 1).double()
+    penalties = []
+    for reference in (False, True):
+        with reference_gating(reference):
+            (gx,) = torch.autograd.grad(module(x).square().sum(), x, create_graph=True)
+            penalties.append(torch.autograd.grad(gx.square().sum(), module.channel.fc1.weight)[0])
+    torch.testing.assert_close(penalties[0], penalties[1])
+
+
+def test_gates_with_fewer_dimensions_and_empty_maps():
+    x = torch.randn(2, 4, 3, 3, requires_grad=True)
+    a, b = torch.rand(4, 1, 1, requires_grad=True), torch.rand(3, requires_grad=True)
+    gate_product(x, a, b).sum().backward()
+    torch.testing.assert_close(a.grad, (x * b).sum((0, 2, 3), keepdim=True)[0].detach())
+    assert not fast_path(torch.randn(2, 8, 0, 5))  # empty maps: the reference form (and its errors)
+
+
+def test_hooked_pruned_or_subclassed_layers_are_called_not_bypassed():
+    torch.manual_seed(0)
+    module = DualAttention(8, 2)
+    x = torch.randn(2, 8, 5, 5)
+    seen = []
+    handle = module.channel.fc1.register_forward_hook(lambda m, i, o: seen.append(tuple(o.shape)))
+    module(x)
+    assert seen == [(2, 4, 1, 1)]  # the reference form ran, so the hook saw its call
+    handle.remove()
+    prune.l1_unstructured(module.spatial.conv, "weight", amount=0.5)
+    for _ in range(2):  # a pruned layer recomputes its weight in a pre-hook on every call
+        module(x).sum().backward()
+    with reference_gating():
+        ref = module(x)
+    torch.testing.assert_close(module(x), ref)
+
+
+def test_float16_pooling_does_not_overflow_and_layers_see_4d_maps():
+    x = torch.full((1, 8, 128, 128), 8.0, dtype=torch.float16, requires_grad=True)  # sum 131072 > 65504
+    channel = DualAttention(8, 2, paths="channel").half()
+    out = channel(x)
+    assert torch.isfinite(out).all()
+    with reference_gating():
+        torch.testing.assert_close(out, channel(x))
+    shapes = []
+
+    class Shape(nn.ReLU):
+        def forward(self, t):
+            shapes.append(t.dim())
+            return super().forward(t)
+
+    DualAttention(8, 2, act_layer=Shape, gate_layer=nn.Sigmoid)(torch.randn(2, 8, 4, 4))
+    assert shapes == [4]
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_torch_compile_traces_each_module_in_one_graph(fmt):
+    """No graph break (``fullgraph=True``) in either layout, and the compiled module computes the same."""
+    torch._dynamo.reset()
+    for name in ("dual", "cbam", "coord"):
+        module = create_attention(name, 32)
+        x = torch.randn(2, 32, 5, 5).contiguous(memory_format=FORMATS[fmt]).requires_grad_()
+        compiled = torch.compile(module, fullgraph=True, backend="eager")  # dynamo's tracing, no code generation
+        out = compiled(x)
+        out.sum().backward()
+        with reference_gating():
+            torch.testing.assert_close(out, module(x))

@@ -210,7 +210,7 @@ def test_time_interleaved_warms_up_alternates_and_times_cuda_with_events(monkeyp
             assert enable_timing
             self.t = None
 
-        def record(self):
+        def record(self, stream=None):
             log.append("record")
             self.t = len(log)
 
@@ -222,6 +222,7 @@ def test_time_interleaved_warms_up_alternates_and_times_cuda_with_events(monkeyp
 
     monkeypatch.setattr(torch.cuda, "Event", FakeEvent)
     monkeypatch.setattr(torch.cuda, "synchronize", lambda device=None: log.append("sync"))
+    monkeypatch.setattr(torch.cuda, "current_stream", lambda device=None: "stream")
     t = time_interleaved({"a": lambda: log.append("call")}, rounds=1, warmup=0, device="cuda")
     assert log == ["sync", "record", "call", "record", "event sync"] and t == {"a": [2.0]}
     r = paired_ratios({"a": [2.0, 4.0], "b": [3.0, 4.0]}).set_index("model")
