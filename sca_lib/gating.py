@@ -68,8 +68,8 @@ def fast_path(x: torch.Tensor) -> bool:
     """Whether the modules take the fast path for ``x``: switched on (see :func:`reference_gating`),
     not tracing or scripting, ``x`` 4-D, not empty and contiguous in channels-first or channels-last order, and
     not channels last under ``torch.compile``, where inductor fuses the reference form's
-    elementwise work itself and beats the fast path (forward+backward 2.0-2.6x the floor against
-    3.3-3.9x, ``results/performance``)."""
+    elementwise work itself and beat the compiled fast path (forward+backward 2.05-2.62x the floor
+    against 3.34-3.90x, ``results/performance/README.md``)."""
     if not _ENABLED or torch.jit.is_tracing() or torch.jit.is_scripting() or x.dim() != 4 or x.numel() == 0:
         return False
     layout = _layout(x)
