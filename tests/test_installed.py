@@ -20,7 +20,7 @@ def installed(tmp_path_factory):
     base = tmp_path_factory.mktemp("wheel")
     src = base / "src"
     shutil.copytree(ROOT / "sca_lib", src / "sca_lib", ignore=shutil.ignore_patterns("__pycache__"))
-    for name in ("pyproject.toml", "README.md"):
+    for name in ("pyproject.toml", "README.md", "LICENSE"):
         shutil.copy(ROOT / name, src / name)
     out = subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation",
                           "-w", str(base / "dist"), str(src)], capture_output=True, text=True, timeout=300)
@@ -40,6 +40,13 @@ def _run(site, cwd, *args, **env):
 
 def _files(folder):
     return {p.relative_to(folder) for p in folder.rglob("*") if "__pycache__" not in p.parts}
+
+
+def test_the_wheel_carries_the_licence(installed):
+    (info,) = installed.glob("sca_lib-*.dist-info")
+    metadata = (info / "METADATA").read_text()
+    assert "License-Expression: Apache-2.0" in metadata
+    assert "Apache License" in next(info.rglob("LICENSE")).read_text()
 
 
 def test_installed_package_writes_into_the_current_directory(installed, tmp_path):
