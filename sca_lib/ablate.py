@@ -21,7 +21,10 @@ Several machines or GPUs: give each a shard (``--shard i/n``, runs are dealt rou
 order); each shard writes its own file, and the report reads every ``*.jsonl`` in the folder (or
 ``merge`` them into one). One shard per GPU on one machine:
 ``for i in 0 1 2 3; do CUDA_VISIBLE_DEVICES=$i python -m sca_lib.ablate --grid full --shard $i/4 & done``;
-on a cluster, a job array with ``--shard $SLURM_ARRAY_TASK_ID/$SLURM_ARRAY_TASK_COUNT``.
+on a cluster, a job array with ``--shard $SLURM_ARRAY_TASK_ID/$SLURM_ARRAY_TASK_COUNT``, or let submitit
+write and submit it: ``python -m sca_lib.ablate --grid full --launcher submitit --shards 8
+--slurm-partition gpu --gpus-per-node 1`` (:func:`launch_submitit`; ``--cluster local`` runs the jobs
+as processes on this machine).
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ from pathlib import Path
 from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 
 from . import config as _config
+from ._checks import positive_int
 from . import report
 from . import train as _training
 from .engine import DivergenceError
@@ -42,7 +46,7 @@ from .results import append_row, git_commit, is_finished, load_results, merge_re
 from .spec import SPEC_KEYS
 from .studies import GRIDS, build_grid
 
-__all__ = ["run_grid", "parse_shard", "main"]
+__all__ = ["run_grid", "parse_shard", "launch_submitit", "main"]
 
 TrainFn = Callable[[Dict[str, Any], Path], Dict[str, Any]]
 
@@ -137,6 +141,53 @@ def run_grid(
     return load_results(results_dir)
 
 
+def launch_submitit(
+    grid: str,
+    shards: int,
+    results_dir: Optional[Path] = None,
+    runs_dir: Optional[Path] = None,
+    only: Optional[Iterable[str]] = None,
+    seeds: Optional[Sequence[int]] = None,
+    retry_failed: bool = False,
+    cluster: Optional[str] = None,
+    folder: Optional[Path] = None,
+    wait: bool = True,
+    **parameters: Any,
+) -> List[Any]:
+    """Run a grid as ``shards`` jobs with submitit: a SLURM job array on a cluster, processes on this
+    machine with ``cluster="local"``.
+
+    Job i runs :func:`run_grid` on shard ``i/shards`` (its own results file, so jobs never write the
+    same file; finished runs are skipped, so resubmitting resumes). ``cluster``: None (submitit
+    picks SLURM when ``sbatch`` is available, else local), ``"slurm"``, ``"local"`` or ``"debug"``
+    (in this process, for debugging). ``folder``: submitit's logs and pickles (default
+    ``runs/ablate/<grid>/submitit``). ``parameters`` go to ``executor.update_parameters`` (e.g.
+    ``timeout_min=240, slurm_partition="gpu", gpus_per_node=1, cpus_per_task=8``). Returns the jobs;
+    with ``wait`` it waits for them and raises the first job's error, if any.
+    """
+    try:
+        import submitit
+    except ImportError as e:
+        raise ImportError("the submitit launcher needs the submitit package: pip install submitit "
+                          "(or install sca_lib's [dev] extra)") from e
+    shards = positive_int("launch_submitit", "shards", shards)
+    results_dir = Path(results_dir) if results_dir else _config.results_dir(grid)
+    runs_dir = Path(runs_dir) if runs_dir else _config.runs_dir(f"ablate/{grid}")
+    folder = Path(folder) if folder else runs_dir / "submitit"
+    build_grid(grid, only, seeds)  # a bad grid, study or seed fails here, before anything is submitted
+    executor = submitit.AutoExecutor(folder=folder / "%j", cluster=cluster)
+    executor.update_parameters(name=f"ablate-{grid}", **parameters)
+    with executor.batch():  # one SLURM job array
+        jobs = [executor.submit(run_grid, grid, results_dir, runs_dir, only, (i, shards), seeds, None, False,
+                                retry_failed) for i in range(shards)]
+    print(f"submitted {shards} job(s) for grid {grid!r} ({executor.cluster}): "
+          f"{', '.join(str(j.job_id) for j in jobs)}; logs in {folder}", flush=True)
+    if wait:
+        for job in jobs:
+            job.result()
+    return jobs
+
+
 def _dry_run(grid: str, results_dir: Path, only, seeds, shard) -> None:
     rows = load_results(results_dir)
     status = {r["run_id"]: ("done" if is_finished(r) else "FAILED") for r in rows}
@@ -174,7 +225,22 @@ def main(argv: Optional[List[str]] = None) -> int:
     ap.add_argument("--retry-failed", action="store_true", help="train runs recorded as failed again")
     ap.add_argument("--dry-run", action="store_true", help="list the grid and what is done; train nothing")
     ap.add_argument("--no-report", action="store_true", help="skip the summary table and figures")
+    sub = ap.add_argument_group("submitit launcher (a SLURM job array, or processes on this machine)")
+    sub.add_argument("--launcher", choices=["none", "submitit"], default="none",
+                     help="none (default): this process runs its shard; submitit: --shards jobs")
+    sub.add_argument("--shards", type=int, default=1, help="with --launcher submitit: how many jobs (shards)")
+    sub.add_argument("--cluster", choices=["auto", "slurm", "local", "debug"], default="auto",
+                     help="auto: SLURM when sbatch is available, else local processes")
+    sub.add_argument("--timeout-min", type=int, default=24 * 60, help="per job")
+    sub.add_argument("--slurm-partition", default=None)
+    sub.add_argument("--gpus-per-node", type=int, default=None)
+    sub.add_argument("--cpus-per-task", type=int, default=None)
+    sub.add_argument("--no-wait", action="store_true", help="submit and return (the jobs run on)")
     a = ap.parse_args(argv)
+    if a.launcher == "submitit" and a.shard:
+        ap.error("--shard picks one shard for this process; with --launcher submitit use --shards N (one job each)")
+    if a.launcher == "none" and a.shards != 1:
+        ap.error("--shards needs --launcher submitit (without it, give each process --shard i/n)")
     only = a.only.split(",") if a.only else None
     try:
         seeds = [int(s) for s in a.seeds.split(",")] if a.seeds else None
@@ -190,7 +256,17 @@ def main(argv: Optional[List[str]] = None) -> int:
             _dry_run(a.grid, results_dir, only, seeds, shard)
             return 0
         start = time.time()
-        rows = run_grid(a.grid, results_dir, a.runs_dir, only, shard, seeds, retry_failed=a.retry_failed)
+        if a.launcher == "submitit":
+            params = {k: v for k, v in (("timeout_min", a.timeout_min), ("slurm_partition", a.slurm_partition),
+                                        ("gpus_per_node", a.gpus_per_node), ("cpus_per_task", a.cpus_per_task))
+                      if v is not None}
+            launch_submitit(a.grid, a.shards, results_dir, a.runs_dir, only, seeds, a.retry_failed,
+                            cluster=None if a.cluster == "auto" else a.cluster, wait=not a.no_wait, **params)
+            if a.no_wait:
+                return 0
+            rows = load_results(results_dir)
+        else:
+            rows = run_grid(a.grid, results_dir, a.runs_dir, only, shard, seeds, retry_failed=a.retry_failed)
     except ValueError as e:  # a bad --only or setting: the reason, no traceback
         print(f"error: {e}", file=sys.stderr)
         return 2

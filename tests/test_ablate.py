@@ -313,3 +313,28 @@ def test_detection_grid_end_to_end(tmp_path):
     assert t.loc["fpn dual", "vs"] == "none" and t.loc["fpn dual", "n seeds"] == 2
     assert t.loc["fpn dual", "family"] == "secondary" and t.loc["fpn dual", "p (Holm)"] != ""  # no primaries: one family
     assert (tmp_path / "res" / "fig_forest.png").exists()
+
+
+def test_submitit_launcher_runs_each_shard_as_a_local_job(tmp_path, capsys):
+    """--launcher submitit with submitit's local executor: two jobs (processes), one shard each, the real engine."""
+    pytest.importorskip("submitit")
+    res, runs = tmp_path / "res", tmp_path / "runs"
+    args = ["--grid", "fast", "--only", "variants", "--seeds", "0", "--results-dir", str(res), "--runs-dir", str(runs),
+            "--no-report", "--launcher", "submitit", "--cluster", "local", "--shards", "2", "--timeout-min", "10"]
+    assert ablate.main(args) == 0
+    out = capsys.readouterr().out
+    assert "submitted 2 job(s) for grid 'fast' (local)" in out and "grid finished: 2 runs" in out
+    assert sorted(p.name for p in res.glob("*.jsonl")) == ["runs.shard-0-of-2.jsonl", "runs.shard-1-of-2.jsonl"]
+    rows = load_results(res)
+    assert {r["config"]["attention"] for r in rows} == {None, "dual"} and all(0 <= r["mAP"] <= 1 for r in rows)
+    assert len(list((runs / "submitit").rglob("*_log.out"))) == 2  # each job's log
+    assert ablate.main(args) == 0  # resubmitting resumes: nothing left to train
+    assert "0 to run" in "".join(p.read_text() for p in (runs / "submitit").rglob("*_log.out"))
+    with pytest.raises(SystemExit):
+        ablate.main(["--grid", "fast", "--launcher", "submitit", "--shard", "0/2"])
+    assert "use --shards N" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        ablate.main(["--grid", "fast", "--shards", "2"])
+    assert "--shards needs --launcher submitit" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="`shards` to be a positive int, got 0"):
+        ablate.launch_submitit("fast", 0, res, runs, cluster="local")
