@@ -40,19 +40,31 @@ BADGE_RE = re.compile(r"<!-- colab-badge -->.*?<!-- /colab-badge -->", re.S)
 URL_LINE_RE = re.compile(r'^REPO_URL = ".*?"', re.M)
 
 #: The Colab setup cell every notebook carries (second cell). ``sync-url`` fills in REPO_URL.
-SETUP_CELL = '''# Colab setup: installs sca_lib when this notebook runs on Google Colab; elsewhere it does nothing
-# (locally, `make test` or `pip install -e ".[dev]"` has installed it).
+SETUP_CELL = '''#@title Setup: on Google Colab, install sca_lib (elsewhere this cell does nothing) { display-mode: "form" }
+# Locally, `make test` or `pip install -e ".[dev]"` has installed sca_lib. On Colab: paste the
+# repository's URL below, or upload an archive of the repository (the .zip a "Download ZIP" gives,
+# or a sca_lib wheel) to the Files pane first. SCA_MODE: fast (minutes), cpu (the CPU studies'
+# protocol, hours), full (the article's protocol on real VOC2012, a GPU).
+REPO_URL = ""  #@param {type:"string"}
+SCA_MODE = "fast"  #@param ["fast", "cpu", "full"]
+import glob
+import os
 import subprocess
 import sys
 
-REPO_URL = ""  # filled in from pyproject.toml [tool.sca_lib] repository by `make sync-url`
 if "google.colab" in sys.modules:
-    if not REPO_URL:
+    os.environ["SCA_MODE"] = SCA_MODE
+    uploads = sorted(glob.glob("*.zip") + glob.glob("*.tar.gz") + glob.glob("sca_lib-*.whl"), key=os.path.getmtime)
+    if REPO_URL:
+        source = f"sca_lib[dev] @ git+{REPO_URL}"
+    elif uploads:
+        source = f"sca_lib[dev] @ file://{os.path.abspath(uploads[-1])}"
+    else:
         raise RuntimeError(
-            "This repository's public URL is not set yet, so Colab cannot pip-install sca_lib. "
-            "Upload the sca_lib/ folder next to this notebook, or pip install it from your clone."
+            "To install sca_lib here, paste the repository's URL into REPO_URL above, or upload an archive "
+            "of the repository (a .zip or a sca_lib wheel) to the Files pane; then run this cell again."
         )
-    subprocess.check_call([sys.executable, "-m", "pip", "install", "-q", f"sca_lib[dev] @ git+{REPO_URL}"])'''
+    subprocess.check_call([sys.executable, "-m", "pip", "install", "-q", source])'''
 
 
 def repository_url(pyproject: Optional[Path] = None) -> str:

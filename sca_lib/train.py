@@ -28,6 +28,7 @@ import argparse
 import functools
 import json
 import dataclasses
+import os
 import sys
 import time
 import warnings
@@ -59,11 +60,23 @@ from .studies import CPU_PLACEMENTS, CPU_PROTOCOL, DETECTION_CPU_PROTOCOL
 
 __all__ = ["TrainConfig", "MODE_DEFAULTS", "DETECTION_MODE_DEFAULTS", "TASKS", "SCHEDULES", "QUICK_STAGE_EPOCHS",
            "train_classifier", "train_detector", "train_model", "train_from_config", "build_schedule", "build_model",
-           "build_detection_model", "build_datasets", "build_detection_datasets", "FINAL_WEIGHTS", "load_trained", "main"]
+           "build_detection_model", "build_datasets", "build_detection_datasets", "FINAL_WEIGHTS", "load_trained",
+           "data_workers", "main"]
 
 #: The file, in a run's folder, holding the weights the run's summary was measured with (after the
 #: BatchNorm re-estimation when there is one); :func:`load_trained` rebuilds the model from it.
 FINAL_WEIGHTS = "final_model.pt"
+
+def data_workers(requested: int) -> int:
+    """Data-loader workers for this machine: ``requested`` (the mode's 8 in ``full``), at most the
+    CPUs this process may use (a free Colab machine has 2, and more workers than CPUs stalls the
+    loader; torch warns about it)."""
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        cpus = os.cpu_count() or 1
+    return max(0, min(int(requested), cpus))
+
 
 #: What each run mode sets; everything else keeps the :class:`TrainConfig` defaults.
 MODE_DEFAULTS: Dict[str, Dict[str, Any]] = {
@@ -409,7 +422,7 @@ def train_classifier(config: Union[TrainConfig, Dict[str, Any]], out_dir: Union[
         model, parameter_groups(model), build_schedule(cfg), train_set, val_set, out_dir=out_dir,
         batch_size=cfg.batch_size, set_trainable=set_trainable, momentum=cfg.momentum,
         weight_decay=cfg.weight_decay, max_grad_norm=cfg.max_grad_norm, seed=cfg.seed, device=device,
-        num_workers=cfg.num_workers, eval_every=cfg.eval_every, progress=progress, config=cfg.to_dict(),
+        num_workers=data_workers(cfg.num_workers), eval_every=cfg.eval_every, progress=progress, config=cfg.to_dict(),
         callbacks=callbacks, dist_info=info, loss_fn=loss_fn,
     )
     setup_s = time.perf_counter() - t0
@@ -533,7 +546,7 @@ def train_detector(config: Union[TrainConfig, Dict[str, Any]], out_dir: Union[st
         model, parameter_groups(model), build_schedule(cfg), train_set, val_set, out_dir=out_dir,
         batch_size=cfg.batch_size, set_trainable=set_trainable, momentum=cfg.momentum,
         weight_decay=cfg.weight_decay, max_grad_norm=cfg.max_grad_norm, seed=cfg.seed, device=device,
-        num_workers=cfg.num_workers, eval_every=cfg.eval_every, progress=progress, config=cfg.to_dict(),
+        num_workers=data_workers(cfg.num_workers), eval_every=cfg.eval_every, progress=progress, config=cfg.to_dict(),
         callbacks=callbacks, dist_info=info, task=DetectionTask(len(classes), classes),
     )
     setup_s = time.perf_counter() - t0

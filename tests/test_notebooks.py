@@ -4,6 +4,7 @@ nbval executes the notebooks themselves (`make test`); these tests check what nb
 """
 
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -152,3 +153,51 @@ def test_clean_notebook_shrinks_large_png_outputs(tmp_path):
 def test_committed_notebooks_are_small():
     for path in NOTEBOOKS:
         assert path.stat().st_size < 1_500_000, f"{path.name} is {path.stat().st_size/1e6:.1f} MB: run `make clean-notebooks`"
+
+
+_FAKE_COLAB = """
+import os, subprocess, sys, types
+sys.modules["google"] = types.ModuleType("google")
+sys.modules["google.colab"] = types.ModuleType("google.colab")  # what Colab's runtime has imported
+real = subprocess.check_call
+def check_call(cmd, *args, **kwargs):  # install next to the test, not into this environment
+    assert cmd[1:5] == ["-m", "pip", "install", "-q"], cmd
+    return real([*cmd, "--no-deps", "--no-build-isolation", "--target", os.environ["TARGET"]], *args, **kwargs)
+subprocess.check_call = check_call
+exec(compile(os.environ["CELL"], "setup-cell", "exec"))
+print("SCA_MODE", os.environ["SCA_MODE"])
+"""
+
+
+def _colab(cell: str, cwd, target):
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k != "SCA_MODE"}
+    return subprocess.run([sys.executable, "-c", _FAKE_COLAB], cwd=cwd, capture_output=True, text=True, timeout=600,
+                          env={**env, "CELL": cell, "TARGET": str(target)})
+
+
+def test_setup_cell_installs_on_a_simulated_colab_from_the_url_or_an_upload(tmp_path):
+    """The notebooks' first code cell on Colab (a fake google.colab module): from REPO_URL (a git URL,
+    here this clone), else from an uploaded archive, else a clear error; SCA_MODE from the form field."""
+    import subprocess
+
+    if subprocess.run(["git", "-C", str(ROOT), "rev-parse", "HEAD"], capture_output=True).returncode != 0:
+        pytest.skip("needs the repository's git checkout")
+    cell = nbtools.SETUP_CELL.replace('SCA_MODE = "fast"', 'SCA_MODE = "cpu"')
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    run = _colab(cell, empty, tmp_path / "none")
+    assert run.returncode != 0 and "paste the repository's URL into REPO_URL" in run.stderr
+    with_url = nbtools.URL_LINE_RE.sub(f'REPO_URL = "file://{ROOT}"', cell)
+    run = _colab(with_url, empty, tmp_path / "from_url")
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert "SCA_MODE cpu" in run.stdout and (tmp_path / "from_url" / "sca_lib" / "attention.py").is_file()
+    upload = tmp_path / "upload"
+    upload.mkdir()
+    subprocess.run(["git", "-C", str(ROOT), "archive", "--format=zip", "--prefix=repo-main/", "-o",
+                    str(upload / "repo-main.zip"), "HEAD"], check=True)
+    run = _colab(cell, upload, tmp_path / "from_zip")
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert (tmp_path / "from_zip" / "sca_lib" / "gating.py").is_file()

@@ -328,3 +328,12 @@ def test_cli_attention_none_is_a_plain_model_and_the_default_depends_on_the_task
     assert kind("--task", "detection", "--mode", "cpu") is None  # a detector's default: no trunk attention
     assert kind("--task", "detection", "--mode", "cpu", "--attention", "dual") == "dual"
     assert "dual for a classifier, none for a detector" in " ".join(_parser().format_help().split())
+
+
+def test_data_workers_fit_the_machine(monkeypatch):
+    """The full mode's 8 loader workers become 2 on a 2-CPU machine (a free Colab runtime); 0 stays 0."""
+    from sca_lib import train as training
+
+    monkeypatch.setattr(training.os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
+    assert training.MODE_DEFAULTS["full"]["num_workers"] == 8
+    assert training.data_workers(8) == 2 and training.data_workers(0) == 0 and training.data_workers(1) == 1
