@@ -244,9 +244,40 @@ def correct(tables: Sequence[pd.DataFrame], primary: Sequence[Tuple[str, str]]) 
             t.at[i, "significant"] = "yes" if adj < 0.05 else "no"
 
 
+#: Metrics where lower is better (a positive difference is a loss); every other metric: higher is better.
+LOWER_IS_BETTER = ("val_loss",)
+
+#: Figure text sizes (points): readable at the size the notebooks and the README show the figures.
+TICK_PT, LABEL_PT = 10, 11
+
+
+def _effect_colour(significant: bool, diff: float, metric: str) -> str:
+    """Green for a significant gain, red for a significant loss, grey when not significant."""
+    if not significant:
+        return "0.55"
+    better = diff < 0 if metric in LOWER_IS_BETTER else diff > 0
+    return "tab:green" if better else "tab:red"
+
+
+def _wrap(label: str, width: int = 16) -> str:
+    import textwrap
+
+    return "\n".join(textwrap.fill(part, width) for part in str(label).split("\n"))
+
+
 def plot_study(df: pd.DataFrame, table: pd.DataFrame, study: str, metric: str = "mAP", title: str = ""):
-    """Per-seed points with mean and 95 % CI (left), paired differences with 95 % CI (right); returns the figure."""
-    sns.set_theme(style="whitegrid")
+    """Per-seed points with mean and 95 % CI (left), paired differences with 95 % CI (right); returns the figure.
+
+    The settings keep the study's order (placements from shallow to deep), the reference lines
+    (chance, prior, the study's baseline) are drawn across the left panel, and a difference is
+    green when it is a significant gain, red when a significant loss, grey otherwise. The styling
+    stays inside this figure (no global seaborn theme).
+    """
+    with sns.axes_style("whitegrid"):
+        return _plot_study(df, table, study, metric, title)
+
+
+def _plot_study(df, table, study, metric, title):
     sub = df[df.study == study].copy()
     st = _study(df, study)
     sub["setting"] = sub.apply(lambda r: _label(st, r), axis=1)
@@ -258,44 +289,48 @@ def plot_study(df: pd.DataFrame, table: pd.DataFrame, study: str, metric: str = 
     if one and not title:
         title = f"{study} ({table['backbone'].iloc[0]})"
     order = table["label"].tolist()
-    fig, axes = plt.subplots(1, 2, figsize=(max(8, 1.6 * len(order) + 4), 4.2))
+    fig, axes = plt.subplots(1, 2, figsize=(max(9, 1.9 * len(order) + 4), 4.6))
     sns.stripplot(data=sub, x="label", y=metric, order=order, ax=axes[0], color="0.4", size=5, jitter=0.1)
     lo = np.array([c[0] for c in table["_ci"]]); hi = np.array([c[1] for c in table["_ci"]])
     means = table[f"{metric} mean"].to_numpy()
-    axes[0].errorbar(range(len(order)), means, yerr=[means - lo, hi - means], fmt="o", color="tab:red",
+    axes[0].errorbar(range(len(order)), means, yerr=[means - lo, hi - means], fmt="o", color="tab:blue",
                      capsize=5, label="mean, 95% CI")
     for (_, row), style in zip(lines.drop_duplicates("setting").iterrows(), (":", "--")):
         axes[0].axhline(row[f"{metric} mean"], color="0.3", ls=style, lw=1, label=row["setting"])
-    axes[0].set_ylabel(f"{metric} (%)"); axes[0].set_xlabel(""); axes[0].set_title(f"{metric} per seed")
-    axes[0].legend(loc="best", fontsize=8)
+    axes[0].set_ylabel(f"{metric} (%)", fontsize=LABEL_PT); axes[0].set_xlabel("")
+    axes[0].set_title(f"{metric} per seed", fontsize=LABEL_PT)
+    axes[0].legend(loc="best", fontsize=TICK_PT - 1)
+    axes[0].set_xticks(range(len(order)), [_wrap(v) for v in order])
     rows = table[table["diff"].notna()]
     if not rows.empty:
         dlo = np.array([c[0] for c in rows["_dci"]]); dhi = np.array([c[1] for c in rows["_dci"]])
         d = rows["diff"].to_numpy()
         yerr = np.nan_to_num([d - dlo, dhi - d], nan=0.0)
-        colors = ["tab:green" if s == "yes" else "tab:gray" for s in rows["significant"]]
+        colors = [_effect_colour(s == "yes", v, metric) for s, v in zip(rows["significant"], d)]
         axes[1].bar(range(len(rows)), d, yerr=yerr, color=colors, capsize=5)
-        axes[1].set_xticks(range(len(rows)), rows["label"].tolist())
+        axes[1].set_xticks(range(len(rows)), [_wrap(v) for v in rows["label"]])
         axes[1].axhline(0, color="k", lw=1)
-        axes[1].set_ylabel(f"difference in {metric} (points)")
-        axes[1].set_title(f"paired difference vs {rows['vs'].iloc[0]} (95% CI; green = significant)")
+        axes[1].set_ylabel(f"difference in {metric} (points)", fontsize=LABEL_PT)
+        axes[1].set_title(f"vs {rows['vs'].iloc[0]}, 95% CI\ngreen / red: significant gain / loss", fontsize=LABEL_PT)
     else:
         axes[1].set_axis_off()
     for ax in axes:
-        ax.tick_params(axis="x", labelsize=8)
-    fig.suptitle(title or study)
+        ax.tick_params(labelsize=TICK_PT)
+    fig.suptitle(title or study, fontsize=LABEL_PT + 1)
     fig.tight_layout()
     return fig
 
 
 def plot_forest(tables: Sequence[pd.DataFrame], metric: str = "mAP", title: str = ""):
     """Every paired difference of ``tables`` on one axis: point and interval (the family's Bonferroni
-    interval when corrected, else 95 %), green when significant, a zero line, and a grey band of
-    +-2 sd of chance mAP (how much a random ranking alone moves mAP) when the runs recorded it."""
+    interval when corrected, else 95 %), green for a significant gain and red for a significant
+    loss, a zero line, and a grey band of +-2 sd of chance mAP (how much a random ranking alone
+    moves mAP) when the runs recorded it. With one backbone it is named in the title, not on every row."""
     rows, chance_sd = [], []
-    for t in tables:
-        if not len(t):
-            continue
+    frames = [t for t in tables if len(t)]
+    backbones = {b for t in frames for b in t["backbone"]}
+    one = len(backbones) == 1
+    for t in frames:
         for _, r in t.iterrows():
             if r["setting"].startswith("chance (") and r[f"{metric} 95% CI"].startswith("sd "):
                 chance_sd.append(float(r[f"{metric} 95% CI"][3:]))
@@ -303,22 +338,25 @@ def plot_forest(tables: Sequence[pd.DataFrame], metric: str = "mAP", title: str 
                 continue
             ci = r.get("diff CI (Bonferroni)") or ""
             lo, hi = (float(v) for v in ci.strip("[]").split(", ")) if ci else r["_dci"]
-            who = r["study"] if r["backbone"] in r["study"] else f"{r['study']} · {r['backbone']}"
+            who = r["study"] if one or r["backbone"] in r["study"] else f"{r['study']} · {r['backbone']}"
             rows.append((f"{who} · {r['setting']} vs {r['vs']}", r["diff"], lo, hi,
                          r["significant"] == "yes", r.get("family", "")))
-    fig, ax = plt.subplots(figsize=(11, 0.4 * len(rows) + 2.0))
+    fig, ax = plt.subplots(figsize=(11, 0.42 * len(rows) + 2.2))
     if chance_sd and metric == "mAP":
         band = 2 * float(np.mean(chance_sd))
         ax.axvspan(-band, band, color="0.9", label=f"+-2 sd of chance mAP ({band:.1f} points)")
     for y, (label, d, lo, hi, sig, family) in enumerate(reversed(rows)):
         ax.errorbar([d], [y], xerr=[[d - lo], [hi - d]] if np.isfinite(lo) else None, fmt="o",
-                    color="tab:green" if sig else "0.35", mfc="white" if family == "secondary" else None, capsize=3)
+                    color=_effect_colour(sig, d, metric), mfc="white" if family == "secondary" else None, capsize=3)
     ax.axvline(0, color="k", lw=1)
-    ax.set_yticks(range(len(rows)), [r[0] for r in reversed(rows)], fontsize=7)
-    ax.set_xlabel(f"difference in {metric} (points)\nfilled: primary, open: secondary; green: significant after Holm")
-    ax.set_title(title or f"paired differences in {metric}")
+    ax.set_yticks(range(len(rows)), [r[0] for r in reversed(rows)], fontsize=TICK_PT)
+    ax.tick_params(axis="x", labelsize=TICK_PT)
+    ax.set_xlabel(f"difference in {metric} (points)\nfilled: primary, open: secondary; "
+                  "green / red: significant gain / loss after Holm", fontsize=LABEL_PT)
+    default = f"paired differences in {metric}" + (f" ({next(iter(backbones))})" if one and backbones else "")
+    ax.set_title(title or default, fontsize=LABEL_PT + 1)
     if chance_sd and metric == "mAP":
-        ax.legend(fontsize=7, loc="best")
+        ax.legend(fontsize=TICK_PT - 1, loc="best")
     fig.tight_layout()
     return fig
 

@@ -194,3 +194,25 @@ def test_reference_values_keep_two_significant_digits_below_one():
     assert report._reference_value(0.01234, 1) == "0.012" and report._reference_value(43.04, 1) == "43.0"
     assert report._reference_value(0.0, 1) == "0.0" and report.is_reference_row("chance (random boxes)")
     assert report.is_reference_row("prior-box detector (image-blind)") and not report.is_reference_row("fpn dual")
+
+
+def test_figures_colour_a_significant_loss_red_and_leave_the_global_style_alone():
+    import matplotlib as mpl
+    import matplotlib.colors as mcolors
+
+    rows = _rows({None: [0.60, 0.62, 0.64], "dual": [0.70, 0.72, 0.74], "channel": [0.50, 0.52, 0.54]})
+    frame = report.results_frame(rows)
+    table = report.study_table(frame, "variants", "mAP")
+    style = dict(mpl.rcParams)
+    fig = report.plot_study(frame, table, "variants", "mAP")
+    assert dict(mpl.rcParams) == style  # no global seaborn theme
+    bars = {round(p.get_height()): mcolors.to_hex(p.get_facecolor()) for p in fig.axes[1].patches}
+    assert bars == {10: mcolors.to_hex("tab:green"), -10: mcolors.to_hex("tab:red")}
+    assert all(t.get_fontsize() >= report.TICK_PT for t in fig.axes[1].get_xticklabels())
+    forest = report.plot_forest([table], "mAP")
+    colours = {mcolors.to_hex(line.get_color()) for line in forest.axes[0].lines if line.get_marker() == "o"}
+    assert colours == {mcolors.to_hex("tab:green"), mcolors.to_hex("tab:red")}
+    assert "resnet18" in forest.axes[0].get_title()  # one backbone: in the title, not on every row
+    assert not any("resnet18" in t.get_text() for t in forest.axes[0].get_yticklabels())
+    # lower is better for the loss: a significant increase is a loss
+    assert report._effect_colour(True, 0.3, "val_loss") == "tab:red" and report._effect_colour(False, -9, "mAP") == "0.55"
