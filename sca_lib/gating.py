@@ -31,6 +31,7 @@ off, for tests (the two paths agree to float rounding, outputs and gradients) an
 from __future__ import annotations
 
 import contextlib
+import os
 from typing import Iterator, Optional, Tuple
 
 import torch
@@ -39,7 +40,10 @@ from torch import nn
 
 __all__ = ["fast_path", "plain_layers", "reference_gating", "spatial_mean", "channel_mlp", "project_channels", "gate_product"]
 
-_ENABLED = True
+#: The fast path is on unless ``SCA_GATING=reference`` is set when sca_lib is imported: the studies
+#: committed before the fast path trained with the reference form, whose float operations run in
+#: another order; with this setting a rerun follows the same arithmetic.
+_ENABLED = os.environ.get("SCA_GATING", "fast").strip().lower() != "reference"
 
 
 @contextlib.contextmanager

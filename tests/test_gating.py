@@ -235,3 +235,14 @@ def test_torch_compile_traces_each_module_in_one_graph(fmt):
         out.sum().backward()
         with reference_gating():
             torch.testing.assert_close(out, module(x))
+
+
+def test_sca_gating_reference_switches_the_fast_path_off_for_a_whole_process():
+    import subprocess
+    import sys
+
+    code = "import torch, sca_lib.gating as g; print(g.fast_path(torch.randn(1, 2, 3, 3)))"
+    for value, expected in (("reference", "False"), ("fast", "True")):
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                             env={**__import__("os").environ, "SCA_GATING": value})
+        assert out.stdout.strip() == expected, out.stderr
