@@ -5,7 +5,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 export SCA_MODE ?= fast
 
-.PHONY: all test unit nbval main notebooks clean-notebooks sync-url data venv distclean
+.PHONY: all test unit nbval main notebooks clean-notebooks sync-url data venv distclean book
 
 all: test
 
@@ -40,6 +40,11 @@ clean-notebooks: $(VENV)/.installed
 
 sync-url: $(VENV)/.installed
 	$(PY) -m sca_lib.notebooks sync-url
+
+## make book: the README, the executed notebooks (as committed, not re-run) and the results' notes as a static
+## site in docs/_build/html (Sphinx + MyST-NB; seconds). Open docs/_build/html/index.html.
+book: $(VENV)/.installed
+	$(PY) -m sphinx -b html -c docs -q . docs/_build/html
 
 distclean:
 	rm -rf $(VENV) *.egg-info .pytest_cache
