@@ -34,6 +34,7 @@ import warnings
 from collections import Counter
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from functools import partial
 from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple, Union
 
@@ -42,7 +43,7 @@ import torch
 from torch import nn
 
 from .attention import attention_modules
-from .config import check_mode, get_mode
+from .config import check_mode, get_mode, repo_root
 
 __all__ = [
     "count_parameters",
@@ -58,6 +59,7 @@ __all__ = [
     "cost_table",
     "add_ratios",
     "compare_costs",
+    "committed_latency",
     "LatencyBudget",
     "LATENCY_BUDGETS",
     "latency_budget",
@@ -467,7 +469,8 @@ def add_ratios(table: pd.DataFrame, baseline: int = 0) -> pd.DataFrame:
 
 def compare_costs(models: Mapping[str, nn.Module], mode: Optional[str] = None, *,
                   input_size: SizeArg = (1, 3, 224, 224), article: Optional[Mapping[str, Tuple[float, float]]] = None,
-                  ratios: bool = False, device: Union[None, str, torch.device] = None) -> pd.DataFrame:
+                  ratios: bool = False, device: Union[None, str, torch.device] = None,
+                  latency: Optional[bool] = None) -> pd.DataFrame:
     """Parameters, FLOPs and latency of ``models`` side by side, at ``mode``'s latency budget.
 
     Parameters and FLOPs are exact at ``input_size`` in every mode; latency follows
@@ -477,14 +480,22 @@ def compare_costs(models: Mapping[str, nn.Module], mode: Optional[str] = None, *
     (columns ``article_params_M``, ``article_gflops``; None for other rows); ``ratios=True`` adds
     ``params_ratio`` and ``flops_ratio`` to the first model. Returns :data:`COST_COLUMNS` (those
     present), the ``latency_ms_b{B}`` columns, ``device`` and ``latency_input_size``.
+
+    ``latency``: time the models (default: in every mode but ``fast``, whose 64 px timings on a
+    busy machine are noise; :func:`committed_latency` has the measured ratios). Without it the
+    latency columns are left out.
     """
+    mode = get_mode() if mode is None else check_mode(mode)
+    if latency is None:
+        latency = mode != "fast"
     budget = latency_budget(mode)
     threads = torch.get_num_threads()
     if budget.threads:
         torch.set_num_threads(budget.threads)
     try:
         table = cost_table(models, input_size, batch_sizes=budget.batch_sizes, device=device,
-                           warmup=budget.warmup, runs=budget.runs, latency_input_size=(3, budget.size, budget.size))
+                           warmup=budget.warmup, runs=budget.runs, latency_input_size=(3, budget.size, budget.size),
+                           latency=latency)
     finally:
         torch.set_num_threads(threads)
     if article is not None:
@@ -495,5 +506,30 @@ def compare_costs(models: Mapping[str, nn.Module], mode: Optional[str] = None, *
         table["article_gflops"] = [article.get(m, (None, None))[1] for m in table["model"]]
     if ratios:
         add_ratios(table)
-    latency = [c for c in table.columns if c.startswith("latency_ms_b")]
-    return table[[c for c in COST_COLUMNS if c in table.columns] + latency + ["device", "latency_input_size"]]
+    timed = [c for c in table.columns if c.startswith("latency_ms_b")]
+    extra = ["device", "latency_input_size"] if latency else []
+    return table[[c for c in COST_COLUMNS if c in table.columns] + timed + extra]
+
+
+#: The committed CPU cost table (paired latency with a control row), relative to the repository.
+COMMITTED_COSTS = Path("results") / "costs" / "costs_224_cpu.csv"
+
+
+def committed_latency(backbone: Optional[str] = None) -> Optional[pd.DataFrame]:
+    """The committed, paired CPU latency of each backbone's variants (``results/costs/costs_224_cpu.csv``:
+    224 px, batch 1, 21 rounds, one thread, a copy of the plain model as the control row).
+
+    Columns ``backbone``, ``model``, ``latency_ms_b1``, ``latency_ratio_b1`` and its ``_min``/``_max``;
+    ``backbone`` filters. None where the file is not there (a pip-installed sca_lib has no results);
+    regenerate it with ``python benchmarks/bench_backbones.py --extra --batch-sizes 1 --csv
+    results/costs/costs_224_cpu.csv``.
+    """
+    root = repo_root()
+    path = None if root is None else root / COMMITTED_COSTS
+    if path is None or not path.is_file():
+        return None
+    table = pd.read_csv(path)
+    if backbone is not None:
+        table = table[table["backbone"] == backbone]
+    cols = ["backbone", "model", "latency_ms_b1", "latency_ratio_b1", "latency_ratio_min_b1", "latency_ratio_max_b1"]
+    return table[cols].reset_index(drop=True)

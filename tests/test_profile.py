@@ -118,7 +118,7 @@ def test_compare_costs_columns_article_and_ratios():
     attn = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), DualAttention(8, 2), nn.AdaptiveAvgPool2d(1), nn.Flatten())
     threads = torch.get_num_threads()
     t = compare_costs({"plain": conv, "+dual": attn}, "fast", input_size=(1, 3, 16, 16),
-                      article={"+dual": (1.5, 0.2)}, ratios=True, device="cpu")
+                      article={"+dual": (1.5, 0.2)}, ratios=True, device="cpu", latency=True)
     assert torch.get_num_threads() == threads  # the budget's thread count is used during timing only
     assert list(t.columns) == ["model", "params_M", "article_params_M", "params_ratio", "gflops_fvcore", "gflops",
                                "article_gflops", "flops_ratio", "attn_params", "attn_mflops",
@@ -130,6 +130,7 @@ def test_compare_costs_columns_article_and_ratios():
     assert t["attn_params"].tolist() == [0, count_parameters(attn[1])["total"]]
     plain = compare_costs({"plain": conv}, "fast", input_size=(1, 3, 16, 16))
     assert "article_params_M" not in plain.columns and "params_ratio" not in plain.columns
+    assert not [c for c in plain.columns if "latency" in c]  # fast mode times nothing unless asked
     with pytest.raises(ValueError, match="unknown models"):
         compare_costs({"plain": conv}, "fast", input_size=(1, 3, 16, 16), article={"VGG16": (138, 15.5)})
 
@@ -247,3 +248,12 @@ def test_add_paired_latency_adds_ratio_columns_and_a_control_row(monkeypatch):
     assert set(out["latency_rounds_b1"]) == {5} and set(out["latency_input_size"]) == {"3x8x8"}
     with pytest.raises(ValueError, match="first row must be the first model 'attn'"):
         add_paired_latency(table, {"attn": nn.Identity(), "plain": nn.Identity()}, (3, 8, 8))
+
+
+def test_committed_latency_reads_the_paired_table_with_its_control():
+    from sca_lib.profile import committed_latency
+
+    t = committed_latency("vgg16")
+    assert list(t["model"])[0] == "plain" and "plain (copy)" in set(t["model"])
+    assert (t["latency_ratio_min_b1"] <= t["latency_ratio_b1"]).all() and (t["latency_ratio_b1"] <= t["latency_ratio_max_b1"]).all()
+    assert set(committed_latency()["backbone"]) >= {"vgg16", "resnet50", "mobilenet_v3_large"}
