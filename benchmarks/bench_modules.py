@@ -140,11 +140,8 @@ def measure(shape, fmt: str, pass_: str, modules, rounds: int, warmup: int, devi
             fns[name] = _forward_backward(m, xg, grad, reference)
         times = time_interleaved(fns, rounds, warmup, device)
     table = paired_ratios(times, base="floor")
-    speedup = {}
-    for name in built:
-        if f"{name} (reference)" in times:
-            r = [a / b for a, b in zip(times[name], times[f"{name} (reference)"])]
-            speedup[name] = statistics.median(r)
+    speedup = {name: paired_ratios({name: times[name], "ref": times[f"{name} (reference)"]}, base="ref")["ratio"][0]
+               for name in built if f"{name} (reference)" in times}
     table["vs_reference"] = table["model"].map(speedup)
     table.insert(0, "shape", "x".join(map(str, shape)))
     table.insert(1, "mbytes", x.numel() * x.element_size() / 1e6)

@@ -34,8 +34,8 @@ import warnings
 from collections import Counter
 from contextlib import contextmanager
 from dataclasses import dataclass
-from pathlib import Path
 from functools import partial
+from pathlib import Path
 from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple, Union
 
 import pandas as pd
@@ -209,14 +209,9 @@ def attention_cost(model: nn.Module, input_size: SizeArg = (1, 3, 224, 224)) -> 
     return {"params": c["attn_params"], "flops": c["attn_flops"], "flops_fvcore": c["attn_flops_fvcore"]}
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def _timer(device: torch.device) -> Callable[[Callable[[], Any]], float]:
     """A function timing one call in milliseconds: wall clock on the CPU; on CUDA, events recorded
-    on the current stream around the call (after a synchronisation, so earlier work is excluded)."""
+    on ``device``'s current stream around the call (after a synchronisation, so earlier work is excluded)."""
     if device.type == "cuda":
         def once(fn: Callable[[], Any]) -> float:
             start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
