@@ -5,7 +5,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 export SCA_MODE ?= fast
 
-.PHONY: all test unit nbval main notebooks clean-notebooks sync-url data venv distclean book
+.PHONY: all test unit nbval main notebooks clean-notebooks sync-url data venv distclean book book-check
 
 all: test
 
@@ -45,6 +45,11 @@ sync-url: $(VENV)/.installed
 ## site in docs/_build/html (Sphinx + MyST-NB; seconds). Open docs/_build/html/index.html.
 book: $(VENV)/.installed
 	$(PY) -m sphinx -b html -c docs -q . docs/_build/html
+
+## make book-check: the book, then notebook 01's page in a headless Chromium (docs/_build/page.png; needs
+## Debian's chromium-headless-shell or $$SCA_BROWSER)
+book-check: book
+	$(PY) docs/check_page.py
 
 distclean:
 	rm -rf $(VENV) *.egg-info .pytest_cache
