@@ -15,7 +15,8 @@ form (``<name> (reference)``), timm's modules where timm has one (``timm:<name>`
 of the floor (``floor (copy)``): its ratio should be 1, and its [min, max] is the smallest effect
 the measurement resolves. Each row is the median of the per-round ratios to the floor, with
 [min, max]. ``--cold`` also times the first forward of the dual module in fresh processes against
-its warm forward.
+its warm forward. ``--breakdown`` instead times each step of the dual module's forward (pool, channel
+MLP, projection, sigmoid, product) against the floor: where the time goes.
 
 Allocation is part of the cost on a CPU: glibc returns large freed blocks to the system, and the
 next call pays the page faults again. ``--allocator retain`` reruns the script with
@@ -27,6 +28,7 @@ next call pays the page faults again. ``--allocator retain`` reruns the script w
     python benchmarks/bench_modules.py --shapes 8x64x56x56 --modules dual --rounds 5   # seconds
     python benchmarks/bench_modules.py --modules dual --compile --shapes 32x256x28x28 8x64x56x56   # torch.compile
     python benchmarks/bench_modules.py --device cuda --out results/performance         # on a GPU (CUDA events)
+    python benchmarks/bench_modules.py --breakdown --allocator retain --out results/performance   # step by step
 """
 
 from __future__ import annotations
@@ -171,6 +173,44 @@ print(json.dumps(times))
 """
 
 
+def breakdown(shape, fmt: str, rounds: int, warmup: int, device: str) -> pd.DataFrame:
+    """Where the dual module's forward time goes: each step of its fast path timed alone, paired with
+    the floor, the whole module and a bare read pass (``x.sum()``) in the same rounds."""
+    from sca_lib.gating import channel_mlp, gate_product, project_channels, spatial_mean
+
+    torch.manual_seed(0)
+    x = torch.randn(shape, device=device).contiguous(memory_format=FORMATS[fmt])
+    m = create_attention("dual", shape[1]).to(device).eval()
+    ch, sp = m.channel, m.spatial
+    with torch.inference_mode():
+        pooled, c, s = spatial_mean(x), ch.weights(x), sp.weights(x)
+    fns: Dict[str, Callable[[], object]] = {
+        "floor": _floor(x), "floor (copy)": _floor(x), "read pass (x.sum)": lambda: x.sum(),
+        "dual (whole module)": _forward(m, x),
+        "1. pool (spatial_mean)": lambda: spatial_mean(x),
+        "2. channel MLP + sigmoid": lambda: ch.gate(channel_mlp(pooled, ch.fc1, ch.act, ch.fc2)),
+        "3. projection (project_channels)": lambda: project_channels(x, sp.conv),
+        "4. spatial sigmoid": lambda: sp.gate(s),
+        "5. product (gate_product)": lambda: gate_product(x, c, s),
+    }
+    with torch.inference_mode():
+        times = time_interleaved(fns, rounds, warmup, device)
+    table = paired_ratios(times, base="floor")
+    table.insert(0, "shape", "x".join(map(str, shape)))
+    table.insert(1, "mbytes", x.numel() * x.element_size() / 1e6)
+    table.insert(2, "format", fmt)
+    return table
+
+
+def breakdown_markdown(table: pd.DataFrame) -> str:
+    lines = []
+    for (shape, fmt), block in table.groupby(["shape", "format"], sort=False):
+        lines += [f"\n#### {shape} ({block['mbytes'].iloc[0]:.1f} MB), {'CF' if fmt == 'channels_first' else 'CL'}\n",
+                  "| step | median ms | / floor [min, max] |", "|---|---:|---:|"]
+        lines += [f"| {r['model']} | {r['median_ms']:.3f} | {_fmt(r)} |" for _, r in block.iterrows()]
+    return "\n".join(lines) + "\n"
+
+
 def _probe(shape, which: str, threads: int, retain: bool) -> List[float]:
     """The times of 30 forwards in a fresh process, glibc's defaults or :data:`RETAIN`."""
     code = _COLD_PROBE.format(threads=threads, shape=tuple(shape), which=which)
@@ -240,6 +280,41 @@ def markdown(table: pd.DataFrame) -> str:
     return "\n".join(out)
 
 
+def _provenance(args, wall: float) -> str:
+    allocator = "retain (" + ", ".join(f"{k}={v}" for k, v in RETAIN.items()) + ")" if args.allocator == "retain" \
+        else "glibc defaults"
+    device = torch.cuda.get_device_name() if args.device.startswith("cuda") else f"cpu ({platform.machine()})"
+    return (f"{wall:.0f} s, torch {torch.__version__}, {device}, {torch.get_num_threads()} intra-op thread(s), "
+            f"allocator: {allocator}, {args.rounds} paired rounds after {args.warmup} warm-up calls each")
+
+
+def _breakdown_main(args, shapes, start: float, argv) -> int:
+    blocks = []
+    for shape in shapes:
+        for fmt in args.formats:
+            blocks.append(breakdown(shape, fmt, args.rounds, args.warmup, args.device))
+            print(f"  breakdown {'x'.join(map(str, shape)):14s} {fmt}", file=sys.stderr, flush=True)
+    table = pd.concat(blocks, ignore_index=True)
+    provenance = _provenance(args, time.perf_counter() - start)
+    text = breakdown_markdown(table)
+    print(text)
+    print(f"[{provenance}]")
+    if args.out:
+        args.out.mkdir(parents=True, exist_ok=True)
+        stem = f"modules_{'cuda' if args.device.startswith('cuda') else 'cpu'}_{args.allocator}_breakdown"
+        table.to_csv(args.out / f"{stem}.csv", index=False)
+        cmd = "python benchmarks/bench_modules.py " + " ".join(sys.argv[1:] if argv is None else argv)
+        (args.out / f"{stem}.md").write_text(
+            "# Where the dual module's forward time goes\n\n"
+            f"Regenerate: `{cmd}`. Measured: {provenance}; on the development machine, a shared 2-core x86_64 VM "
+            "with no GPU unless the device says otherwise.\n\n"
+            "Each step of the fast path (`sca_lib.gating`) timed alone, in the same paired rounds as the floor "
+            "(`x.clone()` + `x.sum()`), a bare read pass and the whole module; ratios to the floor, median "
+            "[min, max]. The steps sum to about the whole module; a step near the read pass costs one read of "
+            "`x`, the product one read and one write.\n" + text)
+    return 0
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--shapes", nargs="*", default=["x".join(map(str, s)) for s in SHAPES],
@@ -260,6 +335,8 @@ def main(argv=None) -> int:
     parser.add_argument("--no-timm", action="store_true", help="skip timm's modules")
     parser.add_argument("--compile", action="store_true",
                         help="also torch.compile each module (fast path and reference form; compiled in the warm-up)")
+    parser.add_argument("--breakdown", action="store_true",
+                        help="instead: time each step of the dual module's forward against the floor")
     parser.add_argument("--out", type=Path, default=None, help="write modules_<device>_<allocator>.{csv,md} here")
     args = parser.parse_args(argv)
     if args.allocator == "retain" and any(os.environ.get(k) != v for k, v in RETAIN.items()):
@@ -280,6 +357,8 @@ def main(argv=None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     start = time.perf_counter()
+    if args.breakdown:
+        return _breakdown_main(args, shapes, start, argv)
     blocks: List[pd.DataFrame] = []
     for shape in shapes:
         for fmt in args.formats:
@@ -300,11 +379,7 @@ def main(argv=None) -> int:
                      f"| {r['shape']} | `{r['model']}` | {r['first_ms']:.2f} | {r['cold_ms']:.3f} | {r['warm_ms']:.3f} | "
                      f"{r['cold_over_warm']:.2f} [{r['ratio_min']:.2f}, {r['ratio_max']:.2f}] |"
                      for _, r in cold.iterrows()) + "\n")
-    allocator = "retain (" + ", ".join(f"{k}={v}" for k, v in RETAIN.items()) + ")" if args.allocator == "retain" \
-        else "glibc defaults"
-    device = torch.cuda.get_device_name() if args.device.startswith("cuda") else f"cpu ({platform.machine()})"
-    provenance = (f"{wall:.0f} s, torch {torch.__version__}, {device}, {torch.get_num_threads()} intra-op thread(s), "
-                  f"allocator: {allocator}, {args.rounds} paired rounds after {args.warmup} warm-up calls each")
+    provenance = _provenance(args, wall)
     print(text)
     print(f"[{provenance}]")
     if args.out:
