@@ -8,7 +8,7 @@ copyright = "the sca_lib contributors, Apache License 2.0"
 
 extensions = ["myst_nb"]
 root_doc = "docs/index"
-include_patterns = ["docs/index.md", "README.md", "notebooks/*.ipynb", "results/performance/README.md",
+include_patterns = ["docs/index.md", "docs/article.md", "README.md", "notebooks/*.ipynb", "results/performance/README.md",
                     "results/costs/README.md"]
 exclude_patterns = ["docs/_build", "docs/_root", ".venv", "**/.ipynb_checkpoints"]
 html_extra_path = ["_root"]      # index.html at the site's root, pointing at docs/index.html

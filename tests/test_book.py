@@ -35,7 +35,8 @@ def test_the_book_builds_and_shows_figures_and_equations(book):
     assert "mathjax" in nb01.lower() and r"\sigma" in nb01  # the gates' equations, typeset by MathJax
     assert 'url=docs/index.html' in (out / "index.html").read_text(encoding="utf-8")  # the site's front door
     index = (out / "docs" / "index.html").read_text(encoding="utf-8")
-    assert "notebooks/01_attention_from_scratch.html" in index and "README.html" in index
+    assert "notebooks/01_attention_from_scratch.html" in index and "README.html" in index and "article.html" in index
+    assert "C17" in (out / "docs" / "article.html").read_text(encoding="utf-8")  # the account of the article
     readme = (out / "README.html").read_text(encoding="utf-8")
     assert "notebooks/09_attention_family.html" in readme  # the README's notebook links lead to the pages
 

@@ -14,7 +14,7 @@ BADGE = re.compile(r"<!-- colab-badge -->.*?<!-- /colab-badge -->", re.S)  # wri
 
 def _markdown():
     """(name, folder, text) of every Markdown file and notebook Markdown cell in the repository."""
-    for path in [ROOT / "README.md", *ROOT.glob("results/**/*.md"), *ROOT.glob("data/*.md")]:
+    for path in [ROOT / "README.md", *ROOT.glob("docs/*.md"), *ROOT.glob("results/**/*.md"), *ROOT.glob("data/*.md")]:
         yield str(path.relative_to(ROOT)), path.parent, path.read_text(encoding="utf-8")
     for path in NOTEBOOKS:
         cells = json.loads(path.read_text(encoding="utf-8"))["cells"]
@@ -49,3 +49,13 @@ def test_notebooks_link_to_the_previous_and_the_next():
         first, last = "".join(cells[0]["source"]), "".join(cells[-1]["source"])
         for neighbour in ([NOTEBOOKS[k - 1]] if k else []) + ([NOTEBOOKS[k + 1]] if k + 1 < len(NOTEBOOKS) else []):
             assert f"]({neighbour.name})" in first and f"]({neighbour.name})" in last, (path.name, neighbour.name)
+
+
+def test_the_articles_claims_are_stated_in_the_repository():
+    """docs/article.md states each claim C1-C17 in our words, where we check it and what we found."""
+    text = (ROOT / "docs" / "article.md").read_text(encoding="utf-8")
+    paragraphs = {int(m.group(1)): m.group(0) for m in re.finditer(r"\*\*C(\d+)\. .*?(?=\n\*\*C\d+\. |\n## |\Z)", text, re.S)}
+    assert sorted(paragraphs) == list(range(1, 18))
+    for n, paragraph in paragraphs.items():
+        assert "*Where:*" in paragraph and "*Found:*" in paragraph, f"C{n} needs where we check it and what we found"
+    assert "docs/article.md" in (ROOT / "README.md").read_text(encoding="utf-8")
