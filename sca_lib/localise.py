@@ -42,6 +42,7 @@ import datetime as _dt
 import json
 import os
 import sys
+import textwrap
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -536,12 +537,12 @@ def plot_levels(rows: List[Dict[str, Any]], title: str = ""):
         ax.axvline(rows[0][_CHANCE[m]], color="0.5", ls=":", label="chance")
         if centre:
             ax.axvline(centre[m], color="C3", ls="--", label="centre")
-        ax.set_xlabel(heading.replace(" (%)", " %"), fontsize=8)
+        ax.set_xlabel(textwrap.fill(heading.replace(" (%)", " %"), 30), fontsize=11)
         ax.set_ylabel("")
-        ax.tick_params(labelsize=8)
-    axes[0][0].legend(fontsize=7, loc="lower left")
+        ax.tick_params(labelsize=10)
+    axes[0][0].legend(fontsize=9, loc="lower left")
     if title:
-        fig.suptitle(title, fontsize=9)
+        fig.suptitle(title, fontsize=11)
     fig.tight_layout()
     return fig
 
