@@ -21,15 +21,9 @@ def test_solution_runs(path, name):
     runpy.run_path(str(path), run_name="solutions")[name]()
 
 
-#: Notebooks whose exercises have no solutions file yet (the list may only shrink).
-WITHOUT_SOLUTIONS_YET = {"07_detection", "08_seeing_attention", "09_attention_family"}
-
-
-def test_every_notebook_with_exercises_has_its_solutions():
+def test_every_solutions_file_belongs_to_a_notebook_with_exercises():
     notebooks = Path(__file__).resolve().parent.parent / "notebooks"
-    for nb in sorted(notebooks.glob("*.ipynb")):
-        has = (notebooks / "solutions" / f"{nb.stem}.py").is_file()
-        if nb.stem in WITHOUT_SOLUTIONS_YET:
-            assert not has, f"{nb.stem} has solutions now: remove it from WITHOUT_SOLUTIONS_YET"
-        elif "## Exercises" in nb.read_text():
-            assert has, f"{nb.name} has exercises but no solutions/{nb.stem}.py"
+    for path in SOLUTIONS:
+        nb = notebooks / f"{path.stem}.ipynb"
+        assert nb.is_file(), f"{path.name} has no notebook {nb.name}"
+        assert "## Exercises" in nb.read_text(), f"{nb.name} has no exercises for {path.name}"

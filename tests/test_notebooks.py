@@ -42,6 +42,23 @@ def test_notebook_conventions(path):
     assert "What we learned" in "".join("".join(c["source"]) for c in cells if c["cell_type"] == "markdown")
 
 
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_every_notebook_teaches(path):
+    """What you will learn, an equation, a figure, takeaways, exercises with their solutions, references."""
+    cells = _cells(path)
+    markdown = "\n".join("".join(c["source"]) for c in cells if c["cell_type"] == "markdown")
+    assert "What you will learn" in "".join(cells[0]["source"])
+    assert "$" in markdown, "the idea's equations, in LaTeX"
+    figures = [o for c in cells if c["cell_type"] == "code" for o in c.get("outputs", []) if "image/png" in o.get("data", {})]
+    assert figures, "at least one figure"
+    headings = [line for line in markdown.splitlines() if line.startswith("## ")]
+    for heading in ("## What we learned", "## Exercises", "## References"):
+        assert heading in headings, f"{path.name} has no '{heading}' section"
+    exercises = next(c for c in cells if "".join(c["source"]).startswith("## Exercises"))
+    assert f"(solutions/{path.stem}.py)" in "".join(exercises["source"]), "link the exercises to their solutions"
+    assert (path.parent / "solutions" / f"{path.stem}.py").is_file()
+
+
 def test_badges_and_setup_cells_are_in_sync_with_the_setting():
     assert nbtools.sync_url(NOTEBOOKS + [ROOT / "README.md"], write=False) == []
 
