@@ -370,15 +370,20 @@ def _resolve_weights(config: TrainConfig, progress: bool) -> Optional[str]:
                                 recipe=STANDINS[config.weights]))
 
 
-def build_model(config: TrainConfig, num_classes: int = 20, weights: Optional[str] = None,
+#: ``build_model``'s default: take the weights from the config (``weights=None`` means random weights).
+FROM_CONFIG: Any = type("FromConfig", (), {"__repr__": lambda self: "FROM_CONFIG"})()
+
+
+def build_model(config: TrainConfig, num_classes: int = 20, weights: Any = FROM_CONFIG,
                 progress: bool = False) -> nn.Module:
     """``build_classifier`` from the config, then C8's init on the new attention modules only.
 
-    ``weights`` overrides ``config.weights``; ``weights="standin"`` in the config is resolved here
-    (pre-trained and cached on first use). ``init_attention_`` runs on each attention module, never
+    ``weights``: by default ``config.weights`` (``"standin"`` there is resolved here: pre-trained and
+    cached on first use); ``None`` builds random weights whatever the config says; anything else
+    (a torchvision weights name, a state_dict file) overrides the config. ``init_attention_`` runs on each attention module, never
     on the pretrained backbone (the article's snippet loops over every module).
     """
-    if weights is None:
+    if weights is FROM_CONFIG:
         weights = _resolve_weights(config, progress)
     model = build_classifier(config.backbone, attention=config.attention, num_classes=num_classes, weights=weights)
     for m in attention_modules(model).values():

@@ -187,6 +187,25 @@ def test_standin_is_cached_and_loaded_through_weights(tmp_path):
     assert len(attention_modules(other)) == 1 and parameter_groups(other)["attention"]
 
 
+def test_build_model_weights_none_means_random_weights_whatever_the_config(monkeypatch):
+    import sca_lib.train as train_mod
+
+    def no_standin(*args, **kwargs):
+        raise AssertionError("weights=None must not pre-train or load the config's stand-in")
+
+    monkeypatch.setattr(train_mod, "pretrain_standin", no_standin)
+    cfg = TrainConfig.from_mode("fast", attention="dual")
+    assert cfg.weights in train_mod.STANDINS  # the fast preset starts from the stand-in ...
+    torch.manual_seed(0)
+    a = build_model(cfg, weights=None)  # ... but None asks for random weights
+    torch.manual_seed(0)
+    b = build_classifier("mobilenet_v3_small", attention=cfg.attention, num_classes=20, weights=None)
+    assert a.features[0][0].weight.shape == b.features[0][0].weight.shape
+    torch.testing.assert_close(a.features[0][0].weight, b.features[0][0].weight)
+    with pytest.raises(AssertionError, match="must not pre-train"):
+        build_model(cfg)  # the default takes the config's weights: here the stand-in
+
+
 # --- end to end ----------------------------------------------------------------------------------
 
 def test_fast_run_summary_and_same_seed_same_metrics(tmp_path):
