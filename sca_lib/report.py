@@ -155,6 +155,47 @@ def _label(study: Optional[Study], row: pd.Series) -> str:
     return f"{knob}={value}"
 
 
+def _setting_order(study: Optional[Study], backbone: str):
+    """A sort key for a study's setting labels: the plain baseline first, then the order the study
+    declares its settings in, placements from shallow to deep (the backbone's placement table) when
+    the study no longer declares them (a superseded grid), whatever order the runs finished in."""
+    rank: Dict[str, int] = {}
+    for i, variant in enumerate(study.variants if study else ()):
+        row = pd.Series({"attention": variant.get("attention") or "none", study.knob: variant.get(study.knob)})
+        if study.knob == "attention":
+            row[study.knob] = row["attention"]
+        rank.setdefault(_label(study, row), i)
+    depth: List[str] = []
+    if study is not None and study.knob == "placement":
+        from .backbones import list_placements
+
+        try:
+            depth = list(list_placements(backbone))
+        except ValueError:  # a backbone this version does not know: keep the runs' order
+            depth = []
+
+    def key(label: str) -> Tuple[int, int]:
+        if label == "none":
+            return (-1, 0)
+        if label in rank:
+            return (0, rank[label])
+        place = label.split(" @ ", 1)[-1]
+        return (1, depth.index(place)) if place in depth else (2, 0)
+
+    return key
+
+
+def _with_baseline(df: pd.DataFrame, sub: pd.DataFrame, st: Optional[Study]) -> pd.DataFrame:
+    """``sub`` (one study's rows) with the runs of its plain baseline added first when the study
+    compares with a plain baseline it does not train itself (a placement study: every setting has
+    attention), so tables and figures show the baseline next to the settings."""
+    if st is None or st.baseline != "plain" or (sub["attention"] == "none").any():
+        return sub
+    plain = df[(df.attention == "none") & (df.schedule == st.schedule) & df.backbone.isin(sub.backbone.unique())]
+    plain = plain.drop_duplicates(["backbone", "seed"])
+    return pd.concat([plain.assign(study=sub["study"].iloc[0]), sub], ignore_index=True) if len(plain) else sub
+
+
 def study_table(df: pd.DataFrame, study: str, metric: str = "mAP") -> pd.DataFrame:
     """Mean, 95 % CI and the paired difference against the study's reference, per backbone and setting."""
     sub = df[df.study == study].copy() if len(df) else df
@@ -164,11 +205,12 @@ def study_table(df: pd.DataFrame, study: str, metric: str = "mAP") -> pd.DataFra
     refs = None
     if st is not None and st.baseline == "plain":  # reference: same backbone and schedule, no attention
         refs = df[(df.attention == "none") & (df.schedule == st.schedule)]
+    sub = _with_baseline(df, sub, st)
     sub["setting"] = sub.apply(lambda r: _label(st, r), axis=1)
     dg = _digits(metric)
     out = []
     for backbone, grp in sub.groupby("backbone", sort=False):
-        order = list(dict.fromkeys(grp["setting"]))
+        order = sorted(dict.fromkeys(grp["setting"]), key=_setting_order(st, backbone))
         if refs is not None:
             ref = refs[refs.backbone == backbone].drop_duplicates("seed").set_index("seed")[metric].to_dict()
             ref_name = "none"
@@ -278,8 +320,8 @@ def plot_study(df: pd.DataFrame, table: pd.DataFrame, study: str, metric: str = 
 
 
 def _plot_study(df, table, study, metric, title):
-    sub = df[df.study == study].copy()
     st = _study(df, study)
+    sub = _with_baseline(df, df[df.study == study].copy(), st)
     sub["setting"] = sub.apply(lambda r: _label(st, r), axis=1)
     one = table["backbone"].nunique() == 1  # one backbone: name it in the title, label the settings alone
     sub["label"] = sub["setting"] if one else sub["backbone"] + "\n" + sub["setting"]

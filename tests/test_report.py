@@ -216,3 +216,39 @@ def test_figures_colour_a_significant_loss_red_and_leave_the_global_style_alone(
     assert not any("resnet18" in t.get_text() for t in forest.axes[0].get_yticklabels())
     # lower is better for the loss: a significant increase is a loss
     assert report._effect_colour(True, 0.3, "val_loss") == "tab:red" and report._effect_colour(False, -9, "mAP") == "0.55"
+
+
+def test_a_placement_study_shows_its_plain_baseline_first_and_its_places_from_shallow_to_deep(monkeypatch):
+    places = ("after_features.3", "after_features.8", "after_features.12")
+    plain = studies.Study("variants", "q", "attention", ({"attention": None}, {"attention": "dual"}),
+                          ("mobilenet_v3_small",), baseline="plain")
+    placement = studies.Study("placement", "where?", "placement",
+                              tuple({"attention": "dual", "placement": p} for p in places), ("mobilenet_v3_small",),
+                              baseline="plain")
+    capacity = studies.Study("vs_params", "q", "attention", ({"attention": "matched_params"}, {"attention": "dual"}),
+                             ("mobilenet_v3_small",))
+    monkeypatch.setitem(studies.GRIDS, "tiny", studies.Grid("tiny", "fast", (0, 1, 2), (plain, placement, capacity)))
+    rows = []
+
+    def add(study, seed, value, **knobs):
+        cfg = studies.normalise({"mode": "fast", "backbone": "mobilenet_v3_small", "seed": seed, **knobs})
+        rows.append({"run_id": f"{study}-{len(rows)}", "study": study, "studies": [study], "grid": "tiny",
+                     "config": cfg, "mAP": value, "top1": value, "params_total": 10, "wall_time_s": 1.0})
+
+    for seed in range(3):  # the runs finish deepest first, and the plain runs belong to another study
+        for k, p in enumerate(reversed(places)):
+            add("placement", seed, 0.50 + 0.01 * k + 0.001 * seed, attention="dual", placement=p)
+        add("variants", seed, 0.40 + 0.001 * seed, attention=None)
+        add("vs_params", seed, 0.60, attention="dual")          # the declared baseline's runs come second
+        add("vs_params", seed, 0.55 + 0.001 * seed, attention="matched_params")
+    df = report.results_frame(rows)
+    table = report.study_table(df, "placement", "mAP")
+    assert table["setting"].tolist() == ["none"] + [f"dual @ {p}" for p in places]
+    assert table.set_index("setting").loc["dual @ after_features.12", "diff"] == pytest.approx(10.0)
+    capacity_table = report.study_table(df, "vs_params", "mAP").set_index("setting")
+    assert capacity_table.loc["dual", "vs"] == "matched_params" and capacity_table.loc["dual", "diff"] > 0
+    fig = report.plot_study(df, table, "placement")
+    assert [t.get_text().replace("\n", " ") for t in fig.axes[0].get_xticklabels()][0] == "none"
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)
