@@ -37,7 +37,7 @@ from .spec import AttentionSpec
 
 # backbones and what they cost
 from .backbones import build_classifier, default_placement, list_backbones, list_placements
-from .diagrams import placement_diagram
+from .diagrams import module_diagram, placement_diagram
 from .groups import GROUPS, parameter_groups, set_trainable
 from .detection import FPNAttention, build_detector, list_detector_backbones
 from .profile import (
@@ -108,7 +108,7 @@ __all__ = [
     "CBAM", "ECA", "CoordinateAttention", "ResidualBottleneck", "SCACNNAttention", "ChannelAttention", "DualAttention",
     "LiteDualAttention", "SpatialAttention", "attention_modules", "attention_settings", "create_attention", "default_reduction",
     "init_attention_", "is_attention", "list_attentions", "record_attention", "attention_maps", "detector_attention_maps", "gradcam_maps", "AttentionSpec",
-    "build_classifier", "default_placement", "list_backbones", "list_placements", "placement_diagram", "GROUPS", "parameter_groups",
+    "build_classifier", "default_placement", "list_backbones", "list_placements", "module_diagram", "placement_diagram", "GROUPS", "parameter_groups",
     "set_trainable", "FPNAttention", "build_detector", "list_detector_backbones", "attention_cost", "compare_costs", "compare_latency", "paired_latency", "add_paired_latency", "paired_ratios", "time_interleaved", "cost_table", "count_flops",
     "count_parameters", "measure_latency",
     "VOC_CLASSES", "CachedImages", "VOCClassification", "VOCDetection", "classification_transforms",

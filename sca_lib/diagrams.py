@@ -42,7 +42,7 @@ from .placements import Place, placement_table, resolve_placements
 if TYPE_CHECKING:  # matplotlib is imported when a diagram is drawn, not with sca_lib
     from matplotlib.axes import Axes
 
-__all__ = ["Unit", "Box", "backbone_units", "placement_layout", "placement_diagram", "COLOURS"]
+__all__ = ["Unit", "Box", "backbone_units", "placement_layout", "placement_diagram", "module_steps", "module_diagram", "COLOURS"]
 
 #: Fill colours of the diagram, by box or marker kind.
 COLOURS = {
@@ -284,4 +284,117 @@ def placement_diagram(backbone: str, placement: Union[None, str, Sequence[str]] 
     ax.set_ylim(-2.0, height + 0.8)
     ax.axis("off")
     ax.set_title(_title(bb.name, placement, names, bb.default_placement, image_size), fontsize=11)
+    return ax
+
+
+# --------------------------------------------------------------------------------------------
+# Inside the module
+# --------------------------------------------------------------------------------------------
+
+_FUSION_SYMBOL = {"multiply": "×", "add": "+", "max": "max", "sequential": "×"}
+
+
+def _layer_name(layer: nn.Module) -> str:
+    return {"ReLU": "ReLU", "Sigmoid": "σ (sigmoid)", "Hardswish": "hard-swish",
+            "Hardsigmoid": "hard-sigmoid"}.get(type(layer).__name__, type(layer).__name__)
+
+
+def module_steps(module: nn.Module) -> "OrderedDict[str, List[Tuple[str, str]]]":
+    """The computation of a :class:`~sca_lib.DualAttention` (or :class:`~sca_lib.LiteDualAttention`)
+    as data: ``{"channel": [(step, output shape), ...], "spatial": [...], "output": [...]}``, read
+    from the module's own layers (widths, activations, gates, strengths, fusion). A path the module
+    does not have is absent."""
+    from .attention import DualAttention
+
+    if not isinstance(module, DualAttention):
+        raise TypeError(f"module_diagram draws a DualAttention (or LiteDualAttention), got {type(module).__name__}; "
+                        "build one with sca_lib.create_attention('dual', channels) or a 'lite'/'channel'/'spatial' name")
+    c = module.channels
+    scale = "2·" if module.gate_scale != 1.0 else ""
+    steps: "OrderedDict[str, List[Tuple[str, str]]]" = OrderedDict()
+    if module.channel is not None:
+        ch = module.channel
+        hidden = ch.fc1.out_channels
+        gate = f"{scale}{_layer_name(ch.gate)}"
+        if module.beta != 1.0:
+            gate += f"\nstrength β={module.beta:g}"
+        steps["channel"] = [("global\naverage pool", f"{c}×1×1"), (f"1×1 conv {c}→{hidden}", f"{hidden}×1×1"),
+                            (_layer_name(ch.act), f"{hidden}×1×1"), (f"1×1 conv {hidden}→{c}", f"{c}×1×1"),
+                            (gate, f"c: {c}×1×1")]
+    if module.spatial is not None:
+        sp = module.spatial
+        gate = f"{scale}{_layer_name(sp.gate)}"
+        if module.alpha != 1.0:
+            gate += f"\nstrength α={module.alpha:g}"
+        source = "x × c" if module.fusion == "sequential" and module.channel is not None else "x"
+        steps["spatial"] = [(f"1×1 conv {c}→1\non {source}", "1×H×W"), (gate, "s: 1×H×W")]
+    both = module.channel is not None and module.spatial is not None
+    rule = {"multiply": "y = x ⊙ c ⊙ s", "add": "y = x ⊙ c\n+ x ⊙ s", "max": "y = max(x ⊙ c,\nx ⊙ s)",
+            "sequential": "y = (x ⊙ c)\n⊙ s(x ⊙ c)"}[module.fusion] if both else \
+        ("y = x ⊙ c" if module.channel is not None else "y = x ⊙ s")
+    out = [(rule, f"{c}×H×W")]
+    if not isinstance(module.dropout, nn.Identity):
+        out.append((f"channel dropout\np={module.dropout.p:g}", f"{c}×H×W"))
+    steps["output"] = out
+    return steps
+
+
+def module_diagram(module: nn.Module, ax: Optional["Axes"] = None) -> "Axes":
+    """Draw what a :class:`~sca_lib.DualAttention` computes: the channel path (pool, bottleneck MLP,
+    gate) on top, the spatial path (1x1 convolution to one map, gate) below, and how the gates meet
+    the input, each step with its output shape, all read from ``module`` itself.
+
+    Returns the Axes; its step boxes carry gids ``"channel:K"``, ``"spatial:K"``, ``"output:K"``
+    (K: the step's index) and the input box ``"input"``. Raises ``TypeError`` for other modules.
+    """
+    import matplotlib.pyplot as plt
+    from matplotlib.patches import FancyBboxPatch
+
+    steps = module_steps(module)
+    longest = max(len(v) for k, v in steps.items() if k != "output") if len(steps) > 1 else 1
+    if ax is None:
+        _, ax = plt.subplots(figsize=(2.1 * (longest + 3), 4.2))
+    w, h, gap, fs = 1.7, 0.95, 0.4, 10
+    rows = {"channel": 2.3, "spatial": -0.1}
+    mid = 1.1
+
+    def box(x, y, text, shape, gid, face):
+        dark = face == COLOURS["insert"]
+        ax.add_patch(FancyBboxPatch((x, y - h / 2), w, h, boxstyle="round,pad=0.02,rounding_size=0.08",
+                                    facecolor=face, edgecolor="0.35", gid=gid))
+        ax.text(x + w / 2, y + 0.12, text, ha="center", va="center", fontsize=fs, linespacing=1.1,
+                color="white" if dark else "black")
+        ax.text(x + w / 2, y - 0.32, shape, ha="center", va="center", fontsize=fs - 1,
+                color="0.92" if dark else "0.3")
+
+    def arrow(x0, y0, x1, y1):
+        ax.annotate("", xy=(x1, y1), xytext=(x0, y0),
+                    arrowprops=dict(arrowstyle="-|>", color="0.4", lw=1.0, shrinkA=0, shrinkB=0, mutation_scale=9))
+
+    box(0.0, mid, "input x", f"{module.channels}×H×W", "input", COLOURS["unit"])
+    end = (longest + 1) * (w + gap)
+    for path in ("channel", "spatial"):
+        if path not in steps:
+            continue
+        y = rows[path]
+        arrow(w, mid, w + gap, y)
+        for k, (text, shape) in enumerate(steps[path]):
+            x = (k + 1) * (w + gap)
+            gate = k == len(steps[path]) - 1
+            box(x, y, text, shape, f"{path}:{k}", COLOURS["insert"] if gate else "white")
+            if k:
+                arrow(x - gap, y, x, y)
+        arrow((len(steps[path]) + 1) * (w + gap) - gap, y, end, mid + (0.25 if path == "channel" else -0.25))
+    arrow(w, mid, end, mid)  # x itself goes to the fusion
+    for k, (text, shape) in enumerate(steps["output"]):
+        x = end + k * (w + gap)
+        box(x, mid, text, shape, f"output:{k}", COLOURS["head"])
+        if k:
+            arrow(x - gap, mid, x, mid)
+    ax.set_xlim(-0.2, end + len(steps["output"]) * (w + gap))
+    ax.set_ylim(-0.75, 3.0)
+    ax.axis("off")
+    paths = " + ".join(p for p in ("channel", "spatial") if p in steps)
+    ax.set_title(f"{type(module).__name__}({module.channels}): {paths} path(s), fusion "
+                 f"'{module.fusion}' (red: the gates)", fontsize=11)
     return ax

@@ -184,3 +184,42 @@ def test_title_legend_and_axes():
     legend = [t.get_text() for t in axes[1].get_legend().get_texts()]
     assert "block replaced by a new AttnResBlock" in legend and "attention module inserted (new)" in legend
     assert "'layer3.1', 'after_layer4'" in axes[1].get_title() and "(default)" not in axes[1].get_title()
+
+
+# --- module_diagram: inside the module ---------------------------------------------------------
+
+def _texts(ax):
+    return [t.get_text() for t in ax.texts]
+
+
+def test_the_module_diagram_reads_widths_layers_and_fusion_from_the_module():
+    from sca_lib.diagrams import module_diagram, module_steps
+
+    ax = module_diagram(sca_lib.DualAttention(512))  # reduction 8: a 64-wide bottleneck
+    texts = _texts(ax)
+    assert "1×1 conv 512→64" in texts and "1×1 conv 64→512" in texts and "ReLU" in texts
+    assert "c: 512×1×1" in texts and "s: 1×H×W" in texts and "y = x ⊙ c ⊙ s" in texts
+    assert {p.get_gid() for p in ax.patches} >= {"input", "channel:4", "spatial:1", "output:0"}
+    lite = module_steps(sca_lib.create_attention("lite", 960, alpha=0.3, beta=0.7, drop_rate=0.1))
+    assert lite["channel"][1][0] == "1×1 conv 960→60" and lite["channel"][2][0] == "hard-swish"
+    assert lite["channel"][-1][0] == "hard-sigmoid\nstrength β=0.7" and "α=0.3" in lite["spatial"][-1][0]
+    assert lite["output"][-1][0] == "channel dropout\np=0.1"
+    assert "2·σ (sigmoid)" == module_steps(sca_lib.DualAttention(64, identity_init=True))["channel"][-1][0]
+
+
+def test_the_module_diagram_leaves_out_a_missing_path_and_names_the_fusion_rule():
+    from sca_lib.diagrams import module_diagram, module_steps
+
+    channel_only = module_steps(sca_lib.create_attention("channel", 64))
+    assert "spatial" not in channel_only and channel_only["output"][0][0] == "y = x ⊙ c"
+    assert not [p for p in module_diagram(sca_lib.create_attention("spatial", 64)).patches
+                if (p.get_gid() or "").startswith("channel:")]
+    assert module_steps(sca_lib.create_attention("dual_add", 64))["output"][0][0] == "y = x ⊙ c\n+ x ⊙ s"
+    assert module_steps(sca_lib.create_attention("dual_seq", 64))["spatial"][0][0] == "1×1 conv 64→1\non x × c"
+
+
+def test_the_module_diagram_refuses_other_modules_and_says_what_it_draws():
+    from sca_lib.diagrams import module_diagram
+
+    with pytest.raises(TypeError, match="draws a DualAttention .* got CBAM"):
+        module_diagram(sca_lib.create_attention("cbam", 64))
