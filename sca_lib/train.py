@@ -146,7 +146,7 @@ class TrainConfig:
     BatchNorm over the training set after the last epoch and evaluates again (the summary keeps the
     metrics before it as ``*_before_bn``); ``"keep"`` evaluates with the statistics training left.
     Data: ``dataset="synthetic"`` (the devkit of the mode's size and version ``data_version`` under
-    ``data_root``, default the data dir; version 1 is the committed results' data, 2 the new protocol) or ``"voc"`` (real VOC2012 under ``data_root``); ``train_images`` / ``val_images``
+    ``data_root``, default the data dir; version 1 is the first CPU study's data (``results/cpu-v1-superseded``), 2 the data of the committed studies since) or ``"voc"`` (real VOC2012 under ``data_root``); ``train_images`` / ``val_images``
     keep the first N images. Weights: ``"standin"``, ``"DEFAULT"`` (ImageNet), None or a path.
     Loss: ``loss_reduction`` of the masked BCE, ``"sum_per_image"`` (over an image's labels, the
     mean over images) or ``"mean"`` (over every counted label: C times smaller gradients).

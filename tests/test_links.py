@@ -9,6 +9,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
 LINK = re.compile(r"\]\(([^)\s]+)\)")
+AUTOLINK = re.compile(r"<([a-z]+://[^>\s]+)>")  # <https://...>: a link too, though not [text](url)
 BADGE = re.compile(r"<!-- colab-badge -->.*?<!-- /colab-badge -->", re.S)  # written by `make sync-url` only
 
 
@@ -30,7 +31,9 @@ def test_every_link_points_inside_the_repository_to_something_that_exists():
     readme_anchors = {_slug(h) for h in re.findall(r"^#+ (.+)$", (ROOT / "README.md").read_text(), re.M)}
     bad = []
     for name, folder, text in _markdown():
-        for target in LINK.findall(BADGE.sub("", text)):
+        text = BADGE.sub("", text)
+        bad += [f"{name}: {url} (an autolink outside the repository)" for url in AUTOLINK.findall(text)]
+        for target in LINK.findall(text):
             if re.match(r"[a-z]+:", target):
                 bad.append(f"{name}: {target} (outside the repository)")
                 continue

@@ -132,10 +132,13 @@ def exercise_4() -> None:
     assert math.isclose(ap_positive, (1 + 1 + 3 / 4) / 3)
     assert ap_negative < ap_ignored < ap_positive
     # an ignored image changes nothing wherever it is ranked
-    for pos in range(6):
+    ranks = set()
+    for s0 in (0.95, 0.85, 0.75, 0.65, 0.55, 0.45):  # first, between each pair of the others, last
         s = scores.clone()
-        s[0] = 1.0 - 0.19 * pos
+        s[0] = s0
+        ranks.add(int((s > s0).sum()) + 1)
         assert math.isclose(average_precision(s, labels, ignore), ap_ignored)
+    assert ranks == {1, 2, 3, 4, 5, 6}
 
 
 if __name__ == "__main__":

@@ -67,8 +67,10 @@ __all__ = [
 #: (:mod:`~sca_lib.data.scenes`: small objects, confusers, 7x7 maps at 112 px).
 VERSIONS = (GENERATOR_VERSION, SCENE_VERSION)
 LATEST_VERSION = SCENE_VERSION
-#: The version every function uses when none is given: 1, the data of every committed result, until
-#: the study on version 2 is run and committed; pass ``version=2`` (or ``--version 2``) for the new one.
+#: The version every function uses when none is given: 1 (the first CPU study's data, kept byte for byte
+#: so its committed rows stay reproducible). The committed studies since (``results/cpu``, family,
+#: detection, localisation) name version 2 in their grids' configs (``data_version=2``);
+#: pass ``version=2`` (or ``--version 2``) to generate it by hand.
 DEFAULT_VERSION = GENERATOR_VERSION
 
 #: Written last into ``VOCdevkit/<name>/``: the configuration, the class list and the counts.
