@@ -29,6 +29,7 @@ next call pays the page faults again. ``--allocator retain`` reruns the script w
     python benchmarks/bench_modules.py --modules dual --compile --shapes 32x256x28x28 8x64x56x56   # torch.compile
     python benchmarks/bench_modules.py --device cuda --out results/performance         # on a GPU (CUDA events)
     python benchmarks/bench_modules.py --breakdown --allocator retain --out results/performance   # step by step
+    python benchmarks/bench_modules.py --fused --modules dual lite --no-timm --passes forward --allocator retain --out results/performance
 """
 
 from __future__ import annotations
@@ -46,6 +47,7 @@ from typing import Callable, Dict, List
 import pandas as pd
 import torch
 
+from sca_lib import fused
 from sca_lib.attention import create_attention
 from sca_lib.gating import reference_gating
 from sca_lib.profile import paired_ratios, time_interleaved
@@ -79,6 +81,17 @@ def _forward(module, x, reference: bool = False) -> Callable[[], object]:
     return run
 
 
+def _forward_fused(module, x) -> Callable[[], object]:
+    """The module's forward with :mod:`sca_lib.fused`'s kernels switched on for the call only."""
+    def run():
+        fused._STATE["enabled"] = True
+        try:
+            return module(x)
+        finally:
+            fused._STATE["enabled"] = False
+    return run
+
+
 def _forward_backward(module, x, grad, reference: bool = False) -> Callable[[], object]:
     def run():
         x.grad = None
@@ -100,7 +113,7 @@ def _product(x: torch.Tensor, y: torch.Tensor, grad: torch.Tensor) -> Callable[[
 
 
 def measure(shape, fmt: str, pass_: str, modules, rounds: int, warmup: int, device: str,
-            with_timm: bool = True, compile_: bool = False) -> pd.DataFrame:
+            with_timm: bool = True, compile_: bool = False, fused_: bool = False) -> pd.DataFrame:
     """One block: the floor, its copy, and every module (fast, reference, timm's) at one setting."""
     torch.manual_seed(0)
     memory_format = FORMATS[fmt]
@@ -127,6 +140,9 @@ def measure(shape, fmt: str, pass_: str, modules, rounds: int, warmup: int, devi
                 fns[f"{name} (reference)"] = _forward(m, x, reference=True)
         for name, (m, reference) in compiled.items():
             fns[name] = _forward(m, x, reference)
+        if fused_:  # the opt-in kernels, where the module can use them
+            for name in (n for n in ("dual", "lite") if n in built):
+                fns[f"{name} (fused)"] = _forward_fused(built[name], x)
         with torch.inference_mode():
             times = time_interleaved(fns, rounds, warmup, device)
     else:
@@ -173,7 +189,7 @@ print(json.dumps(times))
 """
 
 
-def breakdown(shape, fmt: str, rounds: int, warmup: int, device: str) -> pd.DataFrame:
+def breakdown(shape, fmt: str, rounds: int, warmup: int, device: str, fused_: bool = False) -> pd.DataFrame:
     """Where the dual module's forward time goes: each step of its fast path timed alone, paired with
     the floor, the whole module and a bare read pass (``x.sum()``) in the same rounds."""
     from sca_lib.gating import channel_mlp, gate_product, project_channels, spatial_mean
@@ -193,6 +209,10 @@ def breakdown(shape, fmt: str, rounds: int, warmup: int, device: str) -> pd.Data
         "4. spatial sigmoid": lambda: sp.gate(s),
         "5. product (gate_product)": lambda: gate_product(x, c, s),
     }
+    if fused_:
+        fns["dual (fused)"] = _forward_fused(m, x)
+        fns["1+3. pool + projection (fused)"] = lambda: fused.pool_project(x, sp.conv)
+        fns["5. product (fused)"] = lambda: fused.gate(x, c, s)
     with torch.inference_mode():
         times = time_interleaved(fns, rounds, warmup, device)
     table = paired_ratios(times, base="floor")
@@ -292,7 +312,7 @@ def _breakdown_main(args, shapes, start: float, argv) -> int:
     blocks = []
     for shape in shapes:
         for fmt in args.formats:
-            blocks.append(breakdown(shape, fmt, args.rounds, args.warmup, args.device))
+            blocks.append(breakdown(shape, fmt, args.rounds, args.warmup, args.device, args.fused))
             print(f"  breakdown {'x'.join(map(str, shape)):14s} {fmt}", file=sys.stderr, flush=True)
     table = pd.concat(blocks, ignore_index=True)
     provenance = _provenance(args, time.perf_counter() - start)
@@ -302,6 +322,7 @@ def _breakdown_main(args, shapes, start: float, argv) -> int:
     if args.out:
         args.out.mkdir(parents=True, exist_ok=True)
         stem = f"modules_{'cuda' if args.device.startswith('cuda') else 'cpu'}_{args.allocator}_breakdown"
+        stem += "_fused" if args.fused else ""
         table.to_csv(args.out / f"{stem}.csv", index=False)
         cmd = "python benchmarks/bench_modules.py " + " ".join(sys.argv[1:] if argv is None else argv)
         (args.out / f"{stem}.md").write_text(
@@ -335,6 +356,8 @@ def main(argv=None) -> int:
     parser.add_argument("--no-timm", action="store_true", help="skip timm's modules")
     parser.add_argument("--compile", action="store_true",
                         help="also torch.compile each module (fast path and reference form; compiled in the warm-up)")
+    parser.add_argument("--fused", action="store_true",
+                        help="also time the dual and lite modules with sca_lib.fused's opt-in C++ kernels (forward, CPU)")
     parser.add_argument("--breakdown", action="store_true",
                         help="instead: time each step of the dual module's forward against the floor")
     parser.add_argument("--out", type=Path, default=None, help="write modules_<device>_<allocator>.{csv,md} here")
@@ -356,6 +379,12 @@ def main(argv=None) -> int:
         parser.error("--device cuda: no CUDA device here")
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.fused:
+        if args.device != "cpu":
+            parser.error("--fused: the fused kernels are CPU kernels; drop --device or --fused")
+        if not fused.use_fused_kernels(True):
+            parser.error("--fused: the kernels could not be built here (see the warning above)")
+        fused.use_fused_kernels(False)  # on for the (fused) rows' calls only
     start = time.perf_counter()
     if args.breakdown:
         return _breakdown_main(args, shapes, start, argv)
@@ -364,7 +393,7 @@ def main(argv=None) -> int:
         for fmt in args.formats:
             for pass_ in args.passes:
                 blocks.append(measure(shape, fmt, pass_, args.modules, args.rounds, args.warmup, args.device,
-                                      with_timm=not args.no_timm, compile_=args.compile))
+                                      with_timm=not args.no_timm, compile_=args.compile, fused_=args.fused))
                 print(f"  {pass_:16s} {'x'.join(map(str, shape)):14s} {fmt}", file=sys.stderr, flush=True)
     table = pd.concat(blocks, ignore_index=True)
     cold = cold_forward(shapes, args.cold_processes, args.threads) if args.cold and args.device == "cpu" else None
@@ -386,6 +415,7 @@ def main(argv=None) -> int:
         args.out.mkdir(parents=True, exist_ok=True)
         stem = f"modules_{'cuda' if args.device.startswith('cuda') else 'cpu'}_{args.allocator}"
         stem += "_compiled" if args.compile else ""
+        stem += "_fused" if args.fused else ""
         table.to_csv(args.out / f"{stem}.csv", index=False)
         if cold is not None:
             cold.to_csv(args.out / f"{stem}_cold.csv", index=False)
@@ -398,7 +428,7 @@ def main(argv=None) -> int:
             "table gives the median with [min, max]; `floor (copy)` is the floor timed a second time, the "
             "spread any row must exceed to mean something. `(reference)` rows are the same module computing "
             "its reference form (`sca_lib.gating.reference_gating`); `timm:` rows are timm's modules at the "
-            "same widths. CF: channels first, CL: channels last.\n\n" + text)
+            "same widths; `(fused)` rows use the opt-in C++ kernels of `sca_lib.fused` (`--fused`). CF: channels first, CL: channels last.\n\n" + text)
     return 0
 
 

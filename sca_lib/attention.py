@@ -30,6 +30,7 @@ import torch
 from torch import nn
 
 from ._checks import feature_map, one_of, positive_int, real_in
+from . import fused
 from .gating import channel_mlp, fast_path, gate_product, plain_layers, project_channels, spatial_mean
 
 __all__ = [
@@ -314,9 +315,29 @@ class DualAttention(AttentionModule):
         w = path.weights(x)
         return w if self.gate_scale == 1.0 else self.gate_scale * w
 
+    def _fused_forward(self, x: torch.Tensor) -> torch.Tensor:
+        """The multiplicative dual module with :mod:`sca_lib.fused`'s kernels (inference only): one
+        read of ``x`` for the pooling and the projection, one pass for the product."""
+        ch, sp = self.channel, self.spatial
+        pooled, proj = fused.pool_project(x, sp.conv)
+        c = ch.gate(channel_mlp(pooled, ch.fc1, ch.act, ch.fc2).view(x.shape[0], -1, 1, 1))
+        s = sp.gate(proj)
+        if self.gate_scale != 1.0:
+            c, s = self.gate_scale * c, self.gate_scale * s
+        out = fused.gate(x, self._strong(c, self.beta), self._strong(s, self.alpha))
+        self._keep(c, s)
+        return self.dropout(out)
+
+    def _fused(self, x: torch.Tensor, fast: bool) -> bool:
+        return (fast and self.fusion == "multiply" and self.channel is not None and self.spatial is not None
+                and plain_layers(self.channel.pool, self.channel.fc1, self.channel.fc2, self.spatial.conv)
+                and fused.applies(x, self))
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         feature_map(type(self).__name__, x, self.channels, like=self)
         fast = fast_path(x)
+        if self._fused(x, fast):
+            return self._fused_forward(x)
         c = self._gates(x, self.channel)
         if self.fusion == "sequential":
             y = x * self._strong(c, self.beta)

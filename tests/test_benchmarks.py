@@ -52,3 +52,11 @@ def test_unknown_modules_are_named(flag):
     args = [a for a in (flag, "--modules", "nope") if a]
     done = subprocess.run([sys.executable, str(SCRIPT), *args], cwd=ROOT, capture_output=True, text=True)
     assert done.returncode == 2 and "unknown modules ['nope']" in done.stderr
+
+
+def test_the_fused_rows_time_the_opt_in_kernels(tmp_path):
+    out = _run("--fused", "--shapes", "2x32x4x4", "--modules", "dual", "--no-timm", "--passes", "forward",
+               "--rounds", "2", "--warmup", "0", "--out", str(tmp_path))
+    table = pd.read_csv(tmp_path / "modules_cpu_default_fused.csv")
+    assert {"dual", "dual (reference)", "dual (fused)"} <= set(table["model"])
+    assert "`dual (fused)`" in out
