@@ -202,27 +202,29 @@ def applies(x: torch.Tensor, module: nn.Module) -> bool:
     """Whether ``module``'s forward on ``x`` may use the kernels: switched on and built, a float32
     CPU tensor contiguous in either layout, nothing that needs a gradient, not being compiled,
     traced or scripted (the kernels are opaque to those)."""
-    if not _STATE["enabled"] or x.device.type != "cpu" or x.dtype != torch.float32 or x.dim() != 4 or x.numel() == 0:
+    if not _STATE["enabled"] or x.dtype != torch.float32 or x.device.type != "cpu" or x.dim() != 4 or x.numel() == 0:
         return False
     if torch.is_grad_enabled() and (x.requires_grad or any(p.requires_grad for p in module.parameters())):
         return False
-    if torch.compiler.is_compiling() or torch.jit.is_tracing() or torch.jit.is_scripting():
+    if torch.compiler.is_compiling() or torch.jit.is_tracing():
         return False
-    return _layout(x) is not None and fused_enabled()
+    return (_STATE["module"] is not None or fused_enabled()) and _layout(x) is not None
 
 
 def pool_project(x: torch.Tensor, conv: nn.Conv2d) -> Tuple[torch.Tensor, torch.Tensor]:
     """(``x.mean((2, 3))`` as (N, C), ``conv(x)`` as (N, 1, H, W)) in one read of ``x``, for a 1x1
     convolution ``C -> 1``. Call only where :func:`applies` is true."""
-    w = conv.weight.detach().reshape(-1).float().contiguous()
+    w = conv.weight.detach().reshape(-1)
     bias = float(conv.bias.detach()) if conv.bias is not None else 0.0
-    return tuple(load().pool_project(x, w, bias, _layout(x) == "cl"))
+    return tuple(_STATE["module"].pool_project(x, w.float().contiguous(), bias, not x.is_contiguous()))
 
 
 def gate(x: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """``x * a * b`` for a channel gate ``a`` (N, C, 1, 1) and a spatial gate ``b`` (N, 1, H, W), in
     one pass, in ``x``'s memory format. Call only where :func:`applies` is true."""
     n, c, h, w = x.shape
-    a = a.expand(n, c, 1, 1).reshape(n, c).float().contiguous()
-    b = b.expand(n, 1, h, w).reshape(n, h * w).float().contiguous()
-    return load().gate(x, a, b, _layout(x) == "cl")
+    if a.shape != (n, c, 1, 1) or a.dtype != torch.float32 or not a.is_contiguous():
+        a = a.expand(n, c, 1, 1).float().contiguous()
+    if b.shape != (n, 1, h, w) or b.dtype != torch.float32 or not b.is_contiguous():
+        b = b.expand(n, 1, h, w).float().contiguous()
+    return _STATE["module"].gate(x, a.view(n, c), b.view(n, h * w), not x.is_contiguous())
