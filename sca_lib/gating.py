@@ -25,7 +25,8 @@ so fvcore's FLOP count and TorchScript see the reference operations, and not cha
 path's operations), and where the layers it reads are plain (:func:`plain_layers`: no hooks, no
 pruning, no QAT or parametrized subclasses). :func:`reference_gating` switches it
 off, for tests (the two paths agree to float rounding, outputs and gradients) and benchmarks.
-``benchmarks/bench_modules.py`` measures both against the memory floor.
+``benchmarks/bench_modules.py`` measures both against the memory floor. For inference on a CPU,
+:mod:`sca_lib.fused` goes further with two opt-in C++ kernels (``SCA_GATING=fused``).
 """
 
 from __future__ import annotations
