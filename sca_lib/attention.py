@@ -330,8 +330,8 @@ class DualAttention(AttentionModule):
 
     def _fused(self, x: torch.Tensor, fast: bool) -> bool:
         return (fast and self.fusion == "multiply" and self.channel is not None and self.spatial is not None
-                and plain_layers(self.channel.pool, self.channel.fc1, self.channel.fc2, self.spatial.conv)
-                and fused.applies(x, self))
+                and fused.applies(x, self)  # False at once unless the kernels are switched on
+                and plain_layers(self.channel.pool, self.channel.fc1, self.channel.fc2, self.spatial.conv))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         feature_map(type(self).__name__, x, self.channels, like=self)

@@ -77,7 +77,11 @@ def test_the_kernels_stay_out_where_they_may_not_run(kernels, monkeypatch):
         sca_lib.create_attention("channel", 32).eval()(x)  # one path only
         with sca_lib.gating.reference_gating():
             sca_lib.DualAttention(32).eval()(x)  # the reference form
-    assert not calls
+    hooked, seen = sca_lib.DualAttention(32).eval(), []
+    hooked.spatial.conv.register_forward_hook(lambda *args: seen.append(1))  # a hook must still fire
+    with torch.no_grad():
+        hooked(x)
+    assert seen and not calls
     with torch.inference_mode():
         sca_lib.DualAttention(32).eval()(x)
     assert len(calls) == 1
