@@ -300,8 +300,14 @@ def markdown(table: pd.DataFrame) -> str:
     return "\n".join(out)
 
 
+def _allocator() -> str:
+    """``"retain"`` when this process runs with :data:`RETAIN` (``--allocator retain``, or the variables set
+    by hand), else ``"default"``: what the tables and file names say."""
+    return "retain" if all(os.environ.get(k) == v for k, v in RETAIN.items()) else "default"
+
+
 def _provenance(args, wall: float) -> str:
-    allocator = "retain (" + ", ".join(f"{k}={v}" for k, v in RETAIN.items()) + ")" if args.allocator == "retain" \
+    allocator = "retain (" + ", ".join(f"{k}={v}" for k, v in RETAIN.items()) + ")" if _allocator() == "retain" \
         else "glibc defaults"
     device = torch.cuda.get_device_name() if args.device.startswith("cuda") else f"cpu ({platform.machine()})"
     return (f"{wall:.0f} s, torch {torch.__version__}, {device}, {torch.get_num_threads()} intra-op thread(s), "
@@ -321,7 +327,7 @@ def _breakdown_main(args, shapes, start: float, argv) -> int:
     print(f"[{provenance}]")
     if args.out:
         args.out.mkdir(parents=True, exist_ok=True)
-        stem = f"modules_{'cuda' if args.device.startswith('cuda') else 'cpu'}_{args.allocator}_breakdown"
+        stem = f"modules_{'cuda' if args.device.startswith('cuda') else 'cpu'}_{_allocator()}_breakdown"
         stem += "_fused" if args.fused else ""
         table.to_csv(args.out / f"{stem}.csv", index=False)
         cmd = "python benchmarks/bench_modules.py " + " ".join(sys.argv[1:] if argv is None else argv)
@@ -413,7 +419,7 @@ def main(argv=None) -> int:
     print(f"[{provenance}]")
     if args.out:
         args.out.mkdir(parents=True, exist_ok=True)
-        stem = f"modules_{'cuda' if args.device.startswith('cuda') else 'cpu'}_{args.allocator}"
+        stem = f"modules_{'cuda' if args.device.startswith('cuda') else 'cpu'}_{_allocator()}"
         stem += "_compiled" if args.compile else ""
         stem += "_fused" if args.fused else ""
         table.to_csv(args.out / f"{stem}.csv", index=False)
