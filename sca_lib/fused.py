@@ -35,6 +35,8 @@ from typing import Any, Iterator, Optional, Tuple
 import torch
 from torch import nn
 
+from .gating import _layout
+
 __all__ = ["use_fused_kernels", "fused_kernels", "fused_enabled", "applies", "pool_project", "gate", "load"]
 
 _SOURCE = r"""
@@ -188,14 +190,6 @@ def fused_kernels(enabled: bool = True) -> Iterator[bool]:
 def fused_enabled() -> bool:
     """Whether the fused kernels are switched on and built (building them on the first call)."""
     return bool(_STATE["enabled"]) and load() is not None
-
-
-def _layout(x: torch.Tensor) -> Optional[str]:
-    if x.is_contiguous():
-        return "cf"
-    if x.is_contiguous(memory_format=torch.channels_last):
-        return "cl"
-    return None
 
 
 def applies(x: torch.Tensor, module: nn.Module) -> bool:
