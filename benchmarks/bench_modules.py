@@ -314,6 +314,20 @@ def _provenance(args, wall: float) -> str:
             f"allocator: {allocator}, {args.rounds} paired rounds after {args.warmup} warm-up calls each")
 
 
+def _write(args, argv, kind: str, table: pd.DataFrame, title: str, provenance: str, body: str) -> str:
+    """``table`` as ``<stem>.csv`` and ``title`` + the command + ``body`` as ``<stem>.md`` under ``--out``;
+    the stem names the device, the allocator, ``kind`` and ``--fused``. Returns the stem."""
+    args.out.mkdir(parents=True, exist_ok=True)
+    stem = f"modules_{'cuda' if args.device.startswith('cuda') else 'cpu'}_{_allocator()}{kind}"
+    stem += "_fused" if args.fused else ""
+    table.to_csv(args.out / f"{stem}.csv", index=False)
+    cmd = "python benchmarks/bench_modules.py " + " ".join(sys.argv[1:] if argv is None else argv)
+    (args.out / f"{stem}.md").write_text(
+        f"# {title}\n\nRegenerate: `{cmd}`. Measured: {provenance}; on the development machine, a shared 2-core "
+        "x86_64 VM with no GPU unless the device says otherwise.\n\n" + body)
+    return stem
+
+
 def _breakdown_main(args, shapes, start: float, argv) -> int:
     blocks = []
     for shape in shapes:
@@ -326,19 +340,11 @@ def _breakdown_main(args, shapes, start: float, argv) -> int:
     print(text)
     print(f"[{provenance}]")
     if args.out:
-        args.out.mkdir(parents=True, exist_ok=True)
-        stem = f"modules_{'cuda' if args.device.startswith('cuda') else 'cpu'}_{_allocator()}_breakdown"
-        stem += "_fused" if args.fused else ""
-        table.to_csv(args.out / f"{stem}.csv", index=False)
-        cmd = "python benchmarks/bench_modules.py " + " ".join(sys.argv[1:] if argv is None else argv)
-        (args.out / f"{stem}.md").write_text(
-            "# Where the dual module's forward time goes\n\n"
-            f"Regenerate: `{cmd}`. Measured: {provenance}; on the development machine, a shared 2-core x86_64 VM "
-            "with no GPU unless the device says otherwise.\n\n"
-            "Each step of the fast path (`sca_lib.gating`) timed alone, in the same paired rounds as the floor "
-            "(`x.clone()` + `x.sum()`), a bare read pass and the whole module; ratios to the floor, median "
-            "[min, max]. The steps sum to about the whole module; a step near the read pass costs one read of "
-            "`x`, the product one read and one write.\n" + text)
+        _write(args, argv, "_breakdown", table, "Where the dual module's forward time goes", provenance,
+               "Each step of the fast path (`sca_lib.gating`) timed alone, in the same paired rounds as the floor "
+               "(`x.clone()` + `x.sum()`), a bare read pass and the whole module; ratios to the floor, median "
+               "[min, max]. The steps sum to about the whole module; a step near the read pass costs one read of "
+               "`x`, the product one read and one write.\n" + text)
     return 0
 
 
@@ -418,23 +424,16 @@ def main(argv=None) -> int:
     print(text)
     print(f"[{provenance}]")
     if args.out:
-        args.out.mkdir(parents=True, exist_ok=True)
-        stem = f"modules_{'cuda' if args.device.startswith('cuda') else 'cpu'}_{_allocator()}"
-        stem += "_compiled" if args.compile else ""
-        stem += "_fused" if args.fused else ""
-        table.to_csv(args.out / f"{stem}.csv", index=False)
+        stem = _write(args, argv, "_compiled" if args.compile else "", table,
+                      "Each attention module against the memory floor", provenance,
+                      "Ratios are paired round by round (every function once per round, the order alternating) "
+                      "and the table gives the median with [min, max]; `floor (copy)` is the floor timed a second "
+                      "time, the spread any row must exceed to mean something. `(reference)` rows are the same "
+                      "module computing its reference form (`sca_lib.gating.reference_gating`); `timm:` rows are "
+                      "timm's modules at the same widths; `(fused)` rows use the opt-in C++ kernels of "
+                      "`sca_lib.fused` (`--fused`). CF: channels first, CL: channels last.\n\n" + text)
         if cold is not None:
             cold.to_csv(args.out / f"{stem}_cold.csv", index=False)
-        cmd = "python benchmarks/bench_modules.py " + " ".join(sys.argv[1:] if argv is None else argv)
-        (args.out / f"{stem}.md").write_text(
-            "# Each attention module against the memory floor\n\n"
-            f"Regenerate: `{cmd}`. Measured: {provenance}; on the development machine, a shared 2-core x86_64 VM "
-            "with no GPU unless the device says otherwise.\n\n"
-            "Ratios are paired round by round (every function once per round, the order alternating) and the "
-            "table gives the median with [min, max]; `floor (copy)` is the floor timed a second time, the "
-            "spread any row must exceed to mean something. `(reference)` rows are the same module computing "
-            "its reference form (`sca_lib.gating.reference_gating`); `timm:` rows are timm's modules at the "
-            "same widths; `(fused)` rows use the opt-in C++ kernels of `sca_lib.fused` (`--fused`). CF: channels first, CL: channels last.\n\n" + text)
     return 0
 
 

@@ -140,8 +140,12 @@ class ChannelAttention(nn.Module):
     def weights(self, x: torch.Tensor) -> torch.Tensor:
         """(N, C, H, W) -> (N, C, 1, 1) channel weights."""
         if fast_path(x) and plain_layers(self.pool, self.fc1, self.fc2):
-            return self.gate(channel_mlp(spatial_mean(x), self.fc1, self.act, self.fc2).view(x.shape[0], -1, 1, 1))
+            return self.weights_from_pooled(spatial_mean(x))
         return self.gate(self.fc2(self.act(self.fc1(self.pool(x)))))
+
+    def weights_from_pooled(self, pooled: torch.Tensor) -> torch.Tensor:
+        """(N, C) channel means -> (N, C, 1, 1) channel weights (the MLP as matrix products)."""
+        return self.gate(channel_mlp(pooled, self.fc1, self.act, self.fc2).view(pooled.shape[0], -1, 1, 1))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         feature_map(type(self).__name__, x, self.channels, like=self)
@@ -312,18 +316,16 @@ class DualAttention(AttentionModule):
     def _gates(self, x: torch.Tensor, path: Optional[nn.Module]) -> Optional[torch.Tensor]:
         if path is None:
             return None
-        w = path.weights(x)
+        return self._scaled(path.weights(x))
+
+    def _scaled(self, w: torch.Tensor) -> torch.Tensor:
         return w if self.gate_scale == 1.0 else self.gate_scale * w
 
     def _fused_forward(self, x: torch.Tensor) -> torch.Tensor:
         """The multiplicative dual module with :mod:`sca_lib.fused`'s kernels (inference only): one
         read of ``x`` for the pooling and the projection, one pass for the product."""
-        ch, sp = self.channel, self.spatial
-        pooled, proj = fused.pool_project(x, sp.conv)
-        c = ch.gate(channel_mlp(pooled, ch.fc1, ch.act, ch.fc2).view(x.shape[0], -1, 1, 1))
-        s = sp.gate(proj)
-        if self.gate_scale != 1.0:
-            c, s = self.gate_scale * c, self.gate_scale * s
+        pooled, proj = fused.pool_project(x, self.spatial.conv)
+        c, s = self._scaled(self.channel.weights_from_pooled(pooled)), self._scaled(self.spatial.gate(proj))
         out = fused.gate(x, self._strong(c, self.beta), self._strong(s, self.alpha))
         self._keep(c, s)
         return self.dropout(out)
