@@ -323,10 +323,14 @@ class DualAttention(AttentionModule):
 
     def _fused_forward(self, x: torch.Tensor) -> torch.Tensor:
         """The multiplicative dual module with :mod:`sca_lib.fused`'s kernels (inference only): one
-        read of ``x`` for the pooling and the projection, one pass for the product."""
-        pooled, proj = fused.pool_project(x, self.spatial.conv)
-        c, s = self._scaled(self.channel.weights_from_pooled(pooled)), self._scaled(self.spatial.gate(proj))
-        out = fused.gate(x, self._strong(c, self.beta), self._strong(s, self.alpha))
+        read of ``x`` for the pooling and the projection, one pass for the product; with the article's
+        layers (or the lite module's) the channel MLP and the gates run in the same C++ call."""
+        if fused.whole_module(self):
+            out, c, s = fused.dual_forward(x, self)
+        else:
+            pooled, proj = fused.pool_project(x, self.spatial.conv)
+            c, s = self._scaled(self.channel.weights_from_pooled(pooled)), self._scaled(self.spatial.gate(proj))
+            out = fused.gate(x, self._strong(c, self.beta), self._strong(s, self.alpha))
         self._keep(c, s)
         return self.dropout(out)
 

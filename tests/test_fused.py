@@ -13,7 +13,8 @@ import sca_lib
 from sca_lib import fused
 
 SETTINGS = [("dual", {}), ("lite", {}), ("dual", {"strength": "detection"}), ("dual", {"identity_init": True}),
-            ("dual", {"drop_rate": 0.1}), ("dual", {"reduction": 4})]
+            ("dual", {"drop_rate": 0.1}), ("dual", {"reduction": 4}), ("lite", {"strength": "detection", "identity_init": True}),
+            ("dual", {"act_layer": torch.nn.GELU}), ("dual", {"gate_layer": torch.nn.Hardsigmoid})]
 
 
 @pytest.fixture(scope="module")
@@ -23,10 +24,12 @@ def kernels():
         yield fused.load()
 
 
-def _calls(monkeypatch):
+def _calls(monkeypatch, which=("gate", "dual_forward")):
+    """Record each call of the kernels' Python entry points (by name)."""
     calls = []
-    gate = fused.gate
-    monkeypatch.setattr(fused, "gate", lambda *a: (calls.append(a[0].shape), gate(*a))[1])
+    for name in which:
+        real = getattr(fused, name)
+        monkeypatch.setattr(fused, name, lambda *a, real=real, name=name: (calls.append(name), real(*a))[1])
     return calls
 
 
@@ -42,13 +45,19 @@ def test_the_fused_forward_equals_the_fast_path(kernels, monkeypatch, name, kwar
         x = torch.randn(shape)
         if layout == "channels_last":
             x = x.contiguous(memory_format=torch.channels_last)
+        module.record_maps = True
         with torch.no_grad():
-            out = module(x)
+            out, maps = module(x), module.last_maps
             with fused.fused_kernels(False):
-                ref = module(x)
+                ref, ref_maps = module(x), module.last_maps
         torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-6)
+        for path in ("channel", "spatial"):  # the recorded gates, before their strengths
+            torch.testing.assert_close(maps[path], ref_maps[path], rtol=1e-5, atol=1e-6)
         assert out.is_contiguous(memory_format=torch.channels_last if layout == "channels_last" else torch.contiguous_format)
     assert len(calls) == 3  # the kernels ran, once per shape
+    whole = fused.whole_module(module)  # the article's and the lite module's layers: one C++ call
+    assert whole == ("act_layer" not in kwargs)
+    assert set(calls) == ({"dual_forward"} if whole else {"gate"})
 
 
 def test_the_kernels_agree_with_the_expressions_they_replace(kernels):
@@ -114,3 +123,52 @@ def test_sca_gating_fused_switches_them_on_for_a_process(kernels):
     done = subprocess.run([sys.executable, "-c", code], env={**os.environ, "SCA_GATING": "fused"},
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 0 and "fused on" in done.stdout, done.stderr[-2000:]
+
+
+CHANNELS = [1, 7, 16, 24, 40, 96, 97, 128, 129, 200, 256, 300, 520]
+MAPS = [(1, 1), (1, 7), (4, 4), (7, 7), (9, 11), (14, 14), (16, 16), (17, 17)]
+
+
+def _kernels_agree(module):
+    """pool_project and gate of the extension ``module`` against the expressions, for channel counts and
+    map sizes that reach every branch: a register's worth and a partial one, several groups of channels,
+    channel weights kept in registers or read, small maps held in registers and large ones that are not."""
+    torch.manual_seed(2)
+    before = fused._STATE["module"]
+    fused._STATE["module"] = module
+    try:
+        for c in CHANNELS:
+            for h, w in MAPS:
+                for memory_format in (torch.contiguous_format, torch.channels_last):
+                    x = torch.randn(2, c, h, w).contiguous(memory_format=memory_format)
+                    conv = torch.nn.Conv2d(c, 1, 1)
+                    pooled, proj = fused.pool_project(x, conv)
+                    where = f"C={c}, {h}x{w}, {memory_format}"
+                    torch.testing.assert_close(pooled, x.mean((2, 3)), rtol=1e-5, atol=1e-6, msg=lambda m: f"{where}: {m}")
+                    with torch.no_grad():
+                        torch.testing.assert_close(proj, conv(x), rtol=1e-4, atol=2e-5, msg=lambda m: f"{where}: {m}")
+                    a, b = torch.rand(2, c, 1, 1), torch.rand(2, 1, h, w)
+                    assert torch.equal(fused.gate(x, a, b), x * a * b), where
+    finally:
+        fused._STATE["module"] = before
+
+
+def test_the_kernels_agree_on_every_branch_of_this_cpus_build(kernels):
+    flags = open("/proc/cpuinfo").read() if os.path.exists("/proc/cpuinfo") else ""
+    if " avx512f" in flags:
+        assert kernels.simd_lanes() == 16
+    elif " avx2" in flags:
+        assert kernels.simd_lanes() == 8
+    _kernels_agree(kernels)
+
+
+@pytest.mark.skipif(os.uname().machine not in ("x86_64", "AMD64"), reason="x86 instruction-set flags")
+@pytest.mark.parametrize("without,lanes", [("-mno-avx512f", 8), ("-mno-avx2", 1)], ids=["avx2", "scalar"])
+def test_the_kernels_agree_as_machines_without_avx512_or_avx2_build_them(kernels, without, lanes):
+    # other machines' code paths, built here with fewer instruction sets (one more 20 s build each)
+    flags = open("/proc/cpuinfo").read()
+    if lanes == 8 and " avx2" not in flags:
+        pytest.skip("this CPU has no AVX2 to run the AVX2 build")
+    module = fused.build(fused.FLAGS + (without,))
+    assert module.simd_lanes() == lanes
+    _kernels_agree(module)
