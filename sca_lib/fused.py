@@ -279,9 +279,6 @@ torch::Tensor gate(torch::Tensor x, torch::Tensor a, torch::Tensor b, bool chann
   return y;
 }
 
-static inline float activation(float v, int64_t kind) {  // 0: ReLU, 1: Hardswish (as PyTorch writes them)
-  return kind == 0 ? (v > 0.f ? v : 0.f) : v * std::min(std::max(v + 3.f, 0.f), 6.f) / 6.f;
-}
 // The gates through ATen's own (vectorised) kernels, in place: the numbers the Python forward makes.
 static void gate_(torch::Tensor& t, int64_t kind, double scale) {  // 0: Sigmoid, 1: Hardsigmoid
   if (kind == 0) t.sigmoid_(); else at::hardsigmoid_(t);
@@ -290,8 +287,8 @@ static void gate_(torch::Tensor& t, int64_t kind, double scale) {  // 0: Sigmoid
 
 
 // The whole multiplicative dual module: pooling and projection in one read of x, the channel MLP
-// (fc1: (R, C) weights, fc2: (C, R); each weight row read once for all images), the gates (times
-// scale; the identity start's 2), their strengths (1 - t + t * gate) and the product in one pass.
+// (fc1: (R, C) weights, fc2: (C, R); act 0: ReLU, 1: Hardswish), the gates (times scale: the
+// identity start's 2), their strengths (1 - t + t * gate) and the product in one pass.
 // Returns the output and the two gates before their strengths (N, C, 1, 1) and (N, 1, H, W).
 std::vector<torch::Tensor> dual_forward(torch::Tensor x, torch::Tensor conv_w, torch::Tensor conv_b,
                                         torch::Tensor w1, torch::Tensor b1, torch::Tensor w2, torch::Tensor b2,
@@ -303,35 +300,10 @@ std::vector<torch::Tensor> dual_forward(torch::Tensor x, torch::Tensor conv_w, t
   TORCH_CHECK(b1.numel() == 0 || b1.numel() == r, "dual_forward: fc1 bias");
   TORCH_CHECK(b2.numel() == 0 || b2.numel() == c, "dual_forward: fc2 bias");
   auto pp = pool_project(x, conv_w, conv_b, channels_last);
-  const float* P = pp[0].data_ptr<float>();
-  auto hidden = torch::empty({n, r}, x.options());
-  auto cg = torch::empty({n, c, 1, 1}, x.options());
-  float* H = hidden.data_ptr<float>();
-  float* G = cg.data_ptr<float>();
-  const float* W1 = w1.data_ptr<float>();
-  const float* W2 = w2.data_ptr<float>();
-  const float* B1 = b1.numel() ? b1.data_ptr<float>() : nullptr;
-  const float* B2 = b2.numel() ? b2.data_ptr<float>() : nullptr;
-  for (int64_t j = 0; j < r; ++j) {
-    const float* wj = W1 + j * c;
-    for (int64_t i = 0; i < n; ++i) {
-      const float* p = P + i * c;
-      float acc = 0.f;
-#pragma omp simd reduction(+ : acc)
-      for (int64_t k = 0; k < c; ++k) acc += wj[k] * p[k];
-      H[i * r + j] = activation(acc + (B1 ? B1[j] : 0.f), act);
-    }
-  }
-  for (int64_t k = 0; k < c; ++k) {
-    const float* wk = W2 + k * r;
-    for (int64_t i = 0; i < n; ++i) {
-      const float* h = H + i * r;
-      float acc = 0.f;
-#pragma omp simd reduction(+ : acc)
-      for (int64_t j = 0; j < r; ++j) acc += wk[j] * h[j];
-      G[i * c + k] = acc + (B2 ? B2[k] : 0.f);
-    }
-  }
+  // the channel MLP through ATen's matrix products, as the Python forward runs it
+  auto hidden = at::linear(pp[0], w1.view({r, c}), b1.numel() ? c10::optional<at::Tensor>(b1) : c10::nullopt);
+  if (act == 0) hidden.relu_(); else at::hardswish_(hidden);
+  auto cg = at::linear(hidden, w2.view({c, r}), b2.numel() ? c10::optional<at::Tensor>(b2) : c10::nullopt).view({n, c, 1, 1});
   auto sg = pp[1];
   gate_(cg, gate_kind, scale);
   gate_(sg, gate_kind, scale);
