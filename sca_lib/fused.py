@@ -3,7 +3,7 @@
 The fast path (:mod:`sca_lib.gating`) is plain PyTorch, and plain PyTorch has no operation that
 pools a feature map and projects its channels in one read, or multiplies it by a channel gate and
 a spatial gate in one pass: a :class:`~sca_lib.DualAttention` forward reads ``x`` three times and
-writes it twice. The two small C++ kernels here do it in one read (pool + projection) and one read
+writes it twice. The small C++ kernels here do it in one read (pool + projection) and one read
 and one write (the two-gate product), channels first and channels last, on float32 CPU tensors:
 
 - ``pool_project(x, conv)``: ``x.mean((2, 3))`` and the 1x1 convolution ``C -> 1`` in one pass;
