@@ -38,7 +38,8 @@ def _calls(monkeypatch, which=("gate", "dual_forward")):
 def test_the_fused_forward_equals_the_fast_path(kernels, monkeypatch, name, kwargs, layout):
     torch.manual_seed(0)
     calls = _calls(monkeypatch)
-    for shape in [(2, 64, 7, 9), (3, 40, 5, 5), (1, 128, 1, 1)]:
+    shapes = [(2, 64, 7, 9), (3, 40, 5, 5), (1, 128, 1, 1), (6, 40, 3, 3), (5, 200, 2, 3)]  # 4 images at a time and the rest
+    for shape in shapes:
         module = sca_lib.create_attention(name, shape[1], **kwargs).eval()
         for p in module.parameters():
             torch.nn.init.normal_(p, std=0.2)
@@ -54,7 +55,7 @@ def test_the_fused_forward_equals_the_fast_path(kernels, monkeypatch, name, kwar
         for path in ("channel", "spatial"):  # the recorded gates, before their strengths
             torch.testing.assert_close(maps[path], ref_maps[path], rtol=1e-5, atol=1e-6)
         assert out.is_contiguous(memory_format=torch.channels_last if layout == "channels_last" else torch.contiguous_format)
-    assert len(calls) == 3  # the kernels ran, once per shape
+    assert len(calls) == len(shapes)  # the kernels ran, once per shape
     whole = fused.whole_module(module)  # the article's and the lite module's layers: one C++ call
     assert whole == ("act_layer" not in kwargs)
     assert set(calls) == ({"dual_forward"} if whole else {"gate"})
@@ -149,6 +150,17 @@ def _kernels_agree(module):
                         torch.testing.assert_close(proj, conv(x), rtol=1e-4, atol=2e-5, msg=lambda m: f"{where}: {m}")
                     a, b = torch.rand(2, c, 1, 1), torch.rand(2, 1, h, w)
                     assert torch.equal(fused.gate(x, a, b), x * a * b), where
+        for name, shape in [("dual", (6, 40, 3, 3)), ("lite", (5, 200, 2, 3)), ("dual", (1, 520, 4, 4))]:
+            module = sca_lib.create_attention(name, shape[1], identity_init=True).eval()
+            for p in module.parameters():
+                torch.nn.init.normal_(p, std=0.2)
+            x = torch.randn(shape).contiguous(memory_format=torch.channels_last)
+            with torch.no_grad():
+                out, c, s = fused.dual_forward(x, module)
+                ref = module.channel.weights_from_pooled(x.mean((2, 3))) * 2, module.spatial.weights(x) * 2
+                torch.testing.assert_close(c, ref[0], rtol=1e-5, atol=1e-6)
+                torch.testing.assert_close(s, ref[1], rtol=1e-5, atol=1e-6)
+                torch.testing.assert_close(out, x * c * s, rtol=1e-5, atol=1e-6)
     finally:
         fused._STATE["module"] = before
 
