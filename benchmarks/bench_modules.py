@@ -81,12 +81,15 @@ def _forward(module, x, reference: bool = False) -> Callable[[], object]:
     return run
 
 
-def _forward_fused(module, x) -> Callable[[], object]:
-    """The module's forward with :mod:`sca_lib.fused`'s kernels switched on for the call only."""
+def _forward_fused(module, x, call: bool = True) -> Callable[[], object]:
+    """The module's forward with :mod:`sca_lib.fused`'s kernels switched on for the call only
+    (``call=False``: ``module.forward(x)``, without ``nn.Module.__call__``)."""
+    forward = module if call else module.forward
+
     def run():
         fused._STATE["enabled"] = True
         try:
-            return module(x)
+            return forward(x)
         finally:
             fused._STATE["enabled"] = False
     return run
@@ -213,6 +216,14 @@ def breakdown(shape, fmt: str, rounds: int, warmup: int, device: str, fused_: bo
         fns["dual (fused)"] = _forward_fused(m, x)
         fns["1+3. pool + projection (fused)"] = lambda: fused.pool_project(x, sp.conv)
         fns["5. product (fused)"] = lambda: fused.gate(x, c, s)
+        # what separates the steps from the module: the kernels back to back, with an MKL matrix
+        # product between them, the whole C++ call, and the module's Python around it
+        square = torch.randn(256, 256)
+        fns["1+3, 5 (fused kernels back to back)"] = lambda: (fused.pool_project(x, sp.conv), fused.gate(x, c, s))
+        fns["1+3, torch.mm 256x256, 5 (fused)"] = lambda: (fused.pool_project(x, sp.conv), torch.mm(square, square),
+                                                            fused.gate(x, c, s))
+        fns["fused.dual_forward (one C++ call)"] = lambda: fused.dual_forward(x, m)
+        fns["module.forward (fused, no __call__)"] = _forward_fused(m, x, call=False)
     with torch.inference_mode():
         times = time_interleaved(fns, rounds, warmup, device)
     table = paired_ratios(times, base="floor")
