@@ -216,12 +216,9 @@ def breakdown(shape, fmt: str, rounds: int, warmup: int, device: str, fused_: bo
         fns["dual (fused)"] = _forward_fused(m, x)
         fns["1+3. pool + projection (fused)"] = lambda: fused.pool_project(x, sp.conv)
         fns["5. product (fused)"] = lambda: fused.gate(x, c, s)
-        # what separates the steps from the module: the kernels back to back, with an MKL matrix
-        # product between them, the whole C++ call, and the module's Python around it
-        square = torch.randn(256, 256)
+        # what separates the steps from the module: the kernels back to back, the whole C++ call,
+        # and the module's Python around it
         fns["1+3, 5 (fused kernels back to back)"] = lambda: (fused.pool_project(x, sp.conv), fused.gate(x, c, s))
-        fns["1+3, torch.mm 256x256, 5 (fused)"] = lambda: (fused.pool_project(x, sp.conv), torch.mm(square, square),
-                                                            fused.gate(x, c, s))
         fns["fused.dual_forward (one C++ call)"] = lambda: fused.dual_forward(x, m)
         fns["module.forward (fused, no __call__)"] = _forward_fused(m, x, call=False)
     with torch.inference_mode():
