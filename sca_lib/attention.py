@@ -335,9 +335,10 @@ class DualAttention(AttentionModule):
         return self.dropout(out)
 
     def _fused(self, x: torch.Tensor, fast: bool) -> bool:
-        return (fast and self.fusion == "multiply" and self.channel is not None and self.spatial is not None
-                and fused.applies(x, self)  # False at once unless the kernels are switched on
-                and plain_layers(self.channel.pool, self.channel.fc1, self.channel.fc2, self.spatial.conv))
+        if not (fast and self.fusion == "multiply" and fused.applies(x, self)):  # False at once unless switched on
+            return False
+        ch, sp = self.channel, self.spatial
+        return ch is not None and sp is not None and plain_layers(ch.pool, ch.fc1, ch.fc2, sp.conv)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         feature_map(type(self).__name__, x, self.channels, like=self)

@@ -472,11 +472,7 @@ def applies(x: torch.Tensor, module: nn.Module) -> bool:
 def pool_project(x: torch.Tensor, conv: nn.Conv2d) -> Tuple[torch.Tensor, torch.Tensor]:
     """(``x.mean((2, 3))`` as (N, C), ``conv(x)`` as (N, 1, H, W)) in one read of ``x``, for a 1x1
     convolution ``C -> 1``. Call only where :func:`applies` is true."""
-    w, b = conv.weight, conv.bias
-    if w.dtype != torch.float32 or not w.is_contiguous():
-        w = w.float().contiguous()
-    b = _NO_BIAS if b is None else b if b.dtype == torch.float32 else b.float()
-    return tuple(_STATE["module"].pool_project(x, w.detach(), b.detach(), not x.is_contiguous()))
+    return tuple(_STATE["module"].pool_project(x, _flat(conv.weight), _flat(conv.bias), not x.is_contiguous()))
 
 
 def gate(x: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -503,10 +499,11 @@ def whole_module(module: nn.Module) -> bool:
 
 
 def _flat(t: Optional[torch.Tensor]) -> torch.Tensor:
+    """A parameter as the kernels read it (no detach: :func:`applies` rules out autograd, and the C++
+    reads the values only)."""
     if t is None:
         return _NO_BIAS
-    t = t.detach()
-    return t if t.dtype == torch.float32 and t.is_contiguous() else t.float().contiguous()
+    return t if t.dtype == torch.float32 and t.is_contiguous() else t.detach().float().contiguous()
 
 
 def dual_forward(x: torch.Tensor, module: nn.Module) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
