@@ -345,10 +345,9 @@ static void gate_(torch::Tensor& t, int64_t kind, double scale) {  // 0: Sigmoid
   if (scale != 1.0) t.mul_(scale);
 }
 
-
 // The whole multiplicative dual module: pooling and projection in one read of x, the channel MLP
-// (fc1: (R, C) weights, fc2: (C, R); act 0: ReLU, 1: Hardswish; biases float32 like the weights), the gates (times scale: the
-// identity start's 2), their strengths (1 - t + t * gate) and the product in one pass.
+// (fc1: (R, C) weights, fc2: (C, R), float32 biases or empty; act 0: ReLU, 1: Hardswish), the gates
+// (times scale: the identity start's 2), their strengths (1 - t + t * gate) and the product in one pass.
 // Returns the output and the two gates before their strengths (N, C, 1, 1) and (N, 1, H, W).
 std::vector<torch::Tensor> dual_forward(torch::Tensor x, torch::Tensor conv_w, torch::Tensor conv_b,
                                         torch::Tensor w1, torch::Tensor b1, torch::Tensor w2, torch::Tensor b2,
@@ -410,7 +409,8 @@ def build(flags=FLAGS) -> Any:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             return load_inline(name=f"sca_lib_fused_{_cpu_fingerprint()}_{tag}", cpp_sources=_SOURCE,
-                               functions=["pool_project", "gate", "simd_lanes", "dual_forward"], extra_cflags=list(flags), verbose=False)
+                               functions=["pool_project", "gate", "simd_lanes", "dual_forward"],
+                               extra_cflags=list(flags), verbose=False)
     finally:
         logger.setLevel(level)
 
