@@ -64,6 +64,7 @@ typedef __m512 vf;
 typedef __mmask16 vmask;
 static inline vmask vtail(int64_t n) { return static_cast<vmask>((1u << n) - 1u); }  // n in 1..16
 static inline vf vzero() { return _mm512_setzero_ps(); }
+static inline vf vset1(float a) { return _mm512_set1_ps(a); }
 static inline vf vload(const float* p) { return _mm512_loadu_ps(p); }
 static inline vf vload_m(const float* p, vmask m) { return _mm512_maskz_loadu_ps(m, p); }
 static inline void vstore(float* p, vf v) { _mm512_storeu_ps(p, v); }
@@ -81,6 +82,7 @@ static inline vmask vtail(int64_t n) {
   return _mm256_cmpgt_epi32(_mm256_set1_epi32(static_cast<int>(n)), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
 }
 static inline vf vzero() { return _mm256_setzero_ps(); }
+static inline vf vset1(float a) { return _mm256_set1_ps(a); }
 static inline vf vload(const float* p) { return _mm256_loadu_ps(p); }
 static inline vf vload_m(const float* p, vmask m) { return _mm256_maskload_ps(p, m); }
 static inline void vstore(float* p, vf v) { _mm256_storeu_ps(p, v); }
@@ -145,11 +147,7 @@ static void cf_small(const float* X, const float* W, float* p, float* s, int64_t
   for (int v = 0; v < G; ++v) acc[v] = vzero();
   const float* row = X;
   for (int64_t k = 0; k < c; ++k, row += hw) {
-#if SCA_LANES == 16
-    const vf wk = _mm512_set1_ps(W[k]);
-#else
-    const vf wk = _mm256_set1_ps(W[k]);
-#endif
+    const vf wk = vset1(W[k]);
     vf t0 = vzero(), t1 = vzero();
     for (int v = 0; v < G; ++v) {
       const vf x = v == G - 1 ? vload_m(row + v * SCA_LANES, m) : vload(row + v * SCA_LANES);
@@ -377,6 +375,14 @@ _NO_BIAS = torch.empty(0)
 _STATE: dict = {"enabled": os.environ.get("SCA_GATING", "").strip().lower() == "fused", "module": None, "error": None}
 
 
+def _flat(t: Optional[torch.Tensor]) -> torch.Tensor:
+    """A parameter as the kernels read it (no detach: :func:`applies` rules out autograd, and the C++
+    reads the values only)."""
+    if t is None:
+        return _NO_BIAS
+    return t if t.dtype == torch.float32 and t.is_contiguous() else t.detach().float().contiguous()
+
+
 def _cpu_fingerprint() -> str:
     """What the compiled code depends on: this CPU's instruction set (it is built with
     ``-march=native``), the torch version and the source."""
@@ -496,14 +502,6 @@ def whole_module(module: nn.Module) -> bool:
     module and its lite form); other layers keep the two-kernel forward around them."""
     ch, sp = module.channel, module.spatial
     return type(ch.act) in _ACTIVATIONS and type(ch.gate) in _GATES and type(sp.gate) is type(ch.gate)
-
-
-def _flat(t: Optional[torch.Tensor]) -> torch.Tensor:
-    """A parameter as the kernels read it (no detach: :func:`applies` rules out autograd, and the C++
-    reads the values only)."""
-    if t is None:
-        return _NO_BIAS
-    return t if t.dtype == torch.float32 and t.is_contiguous() else t.detach().float().contiguous()
 
 
 def dual_forward(x: torch.Tensor, module: nn.Module) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
