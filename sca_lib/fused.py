@@ -17,6 +17,8 @@ Channels last, the pooling and the projection keep the pooled sums of up to 256 
 registers (AVX-512; 96 channels with AVX2) while the rows stream past; channels first, maps of up to
 16x16 keep the projection in registers. Without AVX2 the loops are plain C++ that the compiler
 vectorises as it can; :func:`build` makes those builds on any x86 machine, and the tests check them.
+Like ATen's own kernels they share the work between torch's intra-op threads (``at::parallel_for``
+with OpenMP); a compiler without OpenMP (Apple's clang) gets the same kernels on one thread.
 
 They are for inference only (no autograd): :class:`~sca_lib.DualAttention` uses them when they are
 switched on, nothing needs a gradient, and the module is the plain multiplicative dual module
@@ -70,6 +72,7 @@ static inline vf vload_m(const float* p, vmask m) { return _mm512_maskz_loadu_ps
 static inline void vstore(float* p, vf v) { _mm512_storeu_ps(p, v); }
 static inline void vstore_m(float* p, vf v, vmask m) { _mm512_mask_storeu_ps(p, m, v); }
 static inline vf vadd(vf a, vf b) { return _mm512_add_ps(a, b); }
+static inline vf vmul(vf a, vf b) { return _mm512_mul_ps(a, b); }
 static inline vf vfma(vf a, vf b, vf c) { return _mm512_fmadd_ps(a, b, c); }
 static inline float vsum(vf v) { return _mm512_reduce_add_ps(v); }
 #elif defined(__AVX2__) && defined(__FMA__)
@@ -88,6 +91,7 @@ static inline vf vload_m(const float* p, vmask m) { return _mm256_maskload_ps(p,
 static inline void vstore(float* p, vf v) { _mm256_storeu_ps(p, v); }
 static inline void vstore_m(float* p, vf v, vmask m) { _mm256_maskstore_ps(p, m, v); }
 static inline vf vadd(vf a, vf b) { return _mm256_add_ps(a, b); }
+static inline vf vmul(vf a, vf b) { return _mm256_mul_ps(a, b); }
 static inline vf vfma(vf a, vf b, vf c) { return _mm256_fmadd_ps(a, b, c); }
 static inline float vsum(vf v) {
   __m128 q = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
@@ -167,6 +171,33 @@ typedef void (*cf_small_fn)(const float*, const float*, float*, float*, int64_t,
 static const cf_small_fn CF_SMALL[17] = {nullptr, cf_small<1>, cf_small<2>, cf_small<3>, cf_small<4>, cf_small<5>,
                                          cf_small<6>, cf_small<7>, cf_small<8>, cf_small<9>, cf_small<10>, cf_small<11>,
                                          cf_small<12>, cf_small<13>, cf_small<14>, cf_small<15>, cf_small<16>};
+
+// Channels last, the product for rows [j0, j1) of one image with its C <= SCA_MAXG vectors of
+// channel weights a held in registers: y = x * a * b_j, multiplied in the expression's order.
+template <int G, bool FULL>
+static void cl_gate_(const float* X, const float* A, const float* B, float* Y, int64_t j0, int64_t j1, int64_t c) {
+  const vmask m = vtail(c - (G - 1) * SCA_LANES);
+  vf a[G];
+  for (int v = 0; v < G; ++v) a[v] = (v == G - 1 && !FULL) ? vload_m(A + v * SCA_LANES, m) : vload(A + v * SCA_LANES);
+  for (int64_t j = j0; j < j1; ++j) {
+    const float* row = X + j * c;
+    float* out = Y + j * c;
+    const vf bv = vset1(B[j]);
+    for (int v = 0; v < G; ++v) {
+      if (v == G - 1 && !FULL) vstore_m(out + v * SCA_LANES, vmul(vmul(vload_m(row + v * SCA_LANES, m), a[v]), bv), m);
+      else vstore(out + v * SCA_LANES, vmul(vmul(vload(row + v * SCA_LANES), a[v]), bv));
+    }
+  }
+}
+template <int G>
+static void cl_gate(const float* X, const float* A, const float* B, float* Y, int64_t j0, int64_t j1, int64_t c) {
+  if (c == G * SCA_LANES) cl_gate_<G, true>(X, A, B, Y, j0, j1, c);
+  else cl_gate_<G, false>(X, A, B, Y, j0, j1, c);
+}
+typedef void (*cl_gate_fn)(const float*, const float*, const float*, float*, int64_t, int64_t, int64_t);
+static const cl_gate_fn CL_GATE[17] = {nullptr, cl_gate<1>, cl_gate<2>, cl_gate<3>, cl_gate<4>, cl_gate<5>,
+                                       cl_gate<6>, cl_gate<7>, cl_gate<8>, cl_gate<9>, cl_gate<10>, cl_gate<11>,
+                                       cl_gate<12>, cl_gate<13>, cl_gate<14>, cl_gate<15>, cl_gate<16>};
 
 // out (N, R) = P (N, C) W^T + bias for the few pooled rows of a batch: each weight row is read once
 // and multiplied into four images at a time (four independent sums). On the development machine
@@ -316,22 +347,38 @@ torch::Tensor gate(torch::Tensor x, torch::Tensor a, torch::Tensor b, bool chann
   const float* B = b.data_ptr<float>();
   float* Y = y.data_ptr<float>();
   const int64_t rows = channels_last ? n * hw : n * c, len = channels_last ? c : hw;
+  const int64_t per_image = channels_last ? hw : c;  // rows of one image
   const int64_t grain = std::max<int64_t>(1, 32768 / std::max<int64_t>(1, len));
+#ifdef SCA_LANES
+  if (channels_last && c <= SCA_MAXG * SCA_LANES) {  // the channel weights in registers, an image at a time
+    at::parallel_for(0, rows, grain, [&](int64_t begin, int64_t end) {
+      for (int64_t r = begin; r < end;) {
+        const int64_t i = r / hw, stop = std::min(end, (i + 1) * hw);
+        CL_GATE[(c + SCA_LANES - 1) / SCA_LANES](X + i * hw * c, A + i * c, B + i * hw, Y + i * hw * c, r - i * hw,
+                                                  stop - i * hw, c);
+        r = stop;
+      }
+    });
+    return y;
+  }
+#endif
   at::parallel_for(0, rows, grain, [&](int64_t begin, int64_t end) {
+    int64_t i = begin / per_image, q = begin % per_image;  // image, row within it (no division per row)
     for (int64_t r = begin; r < end; ++r) {
       const float* row = X + r * len;
       float* out = Y + r * len;
-      if (!channels_last) {  // row r = (image i, channel k): one channel weight, H*W spatial weights
+      if (!channels_last) {  // row r = (image i, channel q): one channel weight, H*W spatial weights
         const float ak = A[r];
-        const float* bb = B + (r / c) * hw;
+        const float* bb = B + i * hw;
 #pragma omp simd
         for (int64_t j = 0; j < hw; ++j) out[j] = row[j] * ak * bb[j];
-      } else {  // row r = (image i, position j): C channel weights, one spatial weight
-        const float* aa = A + (r / hw) * c;
+      } else {  // row r = (image i, position q): C channel weights, one spatial weight
+        const float* aa = A + i * c;
         const float bj = B[r];
 #pragma omp simd
         for (int64_t k = 0; k < c; ++k) out[k] = row[k] * aa[k] * bj;
       }
+      if (++q == per_image) q = 0, ++i;
     }
   });
   return y;
@@ -396,8 +443,12 @@ def _cpu_fingerprint() -> str:
     return hashlib.sha1(key.encode()).hexdigest()[:12]
 
 
-#: The compiler flags of the kernels in use: built for this CPU.
-FLAGS = ("-O3", "-march=native", "-fopenmp-simd")
+#: The compiler flags of the kernels in use: built for this CPU, with OpenMP, which ``at::parallel_for``
+#: needs to share the work between torch's intra-op threads (compiled without it, the loops run on one
+#: thread whatever ``torch.set_num_threads`` says).
+FLAGS = ("-O3", "-march=native", "-fopenmp")
+#: Where the compiler has no OpenMP (Apple's clang): the same kernels on one thread.
+SERIAL_FLAGS = ("-O3", "-march=native", "-fopenmp-simd")
 
 
 def build(flags=FLAGS) -> Any:
@@ -416,7 +467,8 @@ def build(flags=FLAGS) -> Any:
             warnings.simplefilter("ignore")
             return load_inline(name=f"sca_lib_fused_{_cpu_fingerprint()}_{tag}", cpp_sources=_SOURCE,
                                functions=["pool_project", "gate", "simd_lanes", "dual_forward"],
-                               extra_cflags=list(flags), verbose=False)
+                               extra_cflags=list(flags), extra_ldflags=["-fopenmp"] if "-fopenmp" in flags else [],
+                               verbose=False)
     finally:
         logger.setLevel(level)
 
@@ -427,7 +479,10 @@ def load() -> Optional[Any]:
     if _STATE["module"] is not None or _STATE["error"] is not None:
         return _STATE["module"]
     try:
-        _STATE["module"] = build()
+        try:
+            _STATE["module"] = build()
+        except Exception:  # perhaps a compiler without OpenMP: the same kernels on one thread
+            _STATE["module"] = build(SERIAL_FLAGS)
     except Exception as exc:  # no compiler, no ninja, a sandbox without a writable cache, ...
         _STATE["error"] = f"{type(exc).__name__}: {str(exc).strip()[-600:]}"
         warnings.warn("sca_lib.fused: the fused CPU kernels could not be built, so the modules keep their fast "

@@ -74,6 +74,21 @@ def test_the_kernels_agree_with_the_expressions_they_replace(kernels):
             torch.testing.assert_close(proj, conv(x), rtol=1e-5, atol=1e-5)
 
 
+def test_the_product_is_the_same_when_threads_split_it_inside_an_image(kernels):
+    # the product's rows are shared out between threads in chunks that start and end anywhere in an
+    # image: each chunk must find its image's gates (3 images of 64x64, 2 threads: chunks of 1.5 images)
+    torch.manual_seed(3)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        for c, memory_format in [(16, torch.contiguous_format), (16, torch.channels_last), (300, torch.channels_last)]:
+            x = torch.randn(3, c, 64, 64).contiguous(memory_format=memory_format)
+            a, b = torch.rand(3, c, 1, 1), torch.rand(3, 1, 64, 64)
+            assert torch.equal(fused.gate(x, a, b), x * a * b), (c, memory_format)
+    finally:
+        torch.set_num_threads(threads)
+
+
 def test_the_kernels_stay_out_where_they_may_not_run(kernels, monkeypatch):
     calls = _calls(monkeypatch)
     module = sca_lib.DualAttention(32).eval()
@@ -95,6 +110,25 @@ def test_the_kernels_stay_out_where_they_may_not_run(kernels, monkeypatch):
     with torch.inference_mode():
         sca_lib.DualAttention(32).eval()(x)
     assert len(calls) == 1
+
+
+def test_a_compiler_without_openmp_gets_the_kernels_on_one_thread(monkeypatch):
+    import torch.utils.cpp_extension as cpp
+
+    tried = []
+
+    def compiler(*args, extra_cflags=(), extra_ldflags=(), **kwargs):
+        tried.append((list(extra_cflags), list(extra_ldflags)))
+        if "-fopenmp" in extra_cflags:
+            raise RuntimeError("clang: error: unsupported option '-fopenmp'")
+        return "the serial build"
+
+    monkeypatch.setattr(fused, "_STATE", {"enabled": False, "module": None, "error": None})
+    monkeypatch.setattr(cpp, "load_inline", compiler)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # falling back to one thread is not a failure
+        assert fused.load() == "the serial build"
+    assert tried == [(list(fused.FLAGS), ["-fopenmp"]), (list(fused.SERIAL_FLAGS), [])]
 
 
 def test_without_a_compiler_the_modules_keep_the_fast_path_and_say_why(monkeypatch):
