@@ -38,6 +38,9 @@ ARTICLE_C11 = {
     ("resnet50", None): (25.5, 4.1), ("resnet50", "dual"): (26.1, 4.3),
 }
 
+#: The lite module replacing MobileNetV3-L's SE blocks with ``inplace=True``: safe there, because each
+#: block's depthwise output is read by its SE block alone.
+IN_PLACE = "+lite replacing the 8 SE blocks, inplace=True"
 #: (attention, placement, label) variants per backbone; the first is the default, the rest --extra.
 VARIANTS = {
     "vgg16": [("dual", None, "+dual after conv5_3 (C3)"),
@@ -50,6 +53,7 @@ VARIANTS = {
                  ("dual", "layer4.1.inside", "+dual inside layer4.1")],
     "mobilenet_v3_large": [("lite", None, "+lite after features.16 (C5)"),
                            ("lite", "replace_se", "+lite replacing the 8 SE blocks"),
+                           ("lite", "replace_se", IN_PLACE),
                            ("lite_channel", None, "+lite channel-only after features.16 (C15)")],
     "mobilenet_v3_small": [("lite", None, "+lite after features.12"),
                            ("lite", "replace_se", "+lite replacing the 9 SE blocks")],
@@ -81,7 +85,9 @@ def main(argv=None) -> int:
         variants = VARIANTS[backbone] if args.extra else VARIANTS[backbone][:1]
         models = {"plain": build_classifier(backbone, num_classes=args.num_classes)}
         for attention, placement, label in variants:
-            models[label] = build_classifier(backbone, attention, placement=placement, num_classes=args.num_classes)
+            kwargs = {"inplace": True} if label == IN_PLACE else {}
+            models[label] = build_classifier(backbone, attention, placement=placement, num_classes=args.num_classes,
+                                             **kwargs)
         t = cost_table(models, size, device=device, latency=False)
         t.insert(0, "backbone", backbone)
         t.insert(2, "attention", [None] + [v[0] for v in variants])

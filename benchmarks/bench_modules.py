@@ -29,7 +29,7 @@ next call pays the page faults again. ``--allocator retain`` reruns the script w
     python benchmarks/bench_modules.py --modules dual --compile --shapes 32x256x28x28 8x64x56x56   # torch.compile
     python benchmarks/bench_modules.py --device cuda --out results/performance         # on a GPU (CUDA events)
     python benchmarks/bench_modules.py --breakdown --allocator retain --out results/performance   # step by step
-    python benchmarks/bench_modules.py --fused --modules dual lite --no-timm --passes forward --allocator retain --out results/performance
+    python benchmarks/bench_modules.py --fused --inplace --modules dual lite --no-timm --passes forward --allocator retain --out results/performance
 """
 
 from __future__ import annotations
@@ -115,8 +115,18 @@ def _product(x: torch.Tensor, y: torch.Tensor, grad: torch.Tensor) -> Callable[[
     return run
 
 
+def _in_place_modules(modules, channels: int, device: str) -> Dict[str, torch.nn.Module]:
+    """``inplace=True`` copies of the dual and lite modules for ``--inplace`` rows. They start as the
+    identity (``identity_init``: both gates exactly 1), so writing into ``x`` round after round leaves
+    it as it was and every row keeps timing the same input; the work per call is the same as with
+    trained weights (plus two multiplications of the small gates by 2)."""
+    return {f"{n} (in place)": create_attention(n, channels, identity_init=True, inplace=True).to(device).eval()
+            for n in ("dual", "lite") if n in modules}
+
+
 def measure(shape, fmt: str, pass_: str, modules, rounds: int, warmup: int, device: str,
-            with_timm: bool = True, compile_: bool = False, fused_: bool = False) -> pd.DataFrame:
+            with_timm: bool = True, compile_: bool = False, fused_: bool = False,
+            inplace: bool = False) -> pd.DataFrame:
     """One block: the floor, its copy, and every module (fast, reference, timm's) at one setting."""
     torch.manual_seed(0)
     memory_format = FORMATS[fmt]
@@ -146,8 +156,16 @@ def measure(shape, fmt: str, pass_: str, modules, rounds: int, warmup: int, devi
         if fused_:  # the opt-in kernels, where the module can use them
             for name in (n for n in ("dual", "lite") if n in built):
                 fns[f"{name} (fused)"] = _forward_fused(built[name], x)
+        if inplace:  # writing into x (identity start: x keeps its values)
+            for name, m in _in_place_modules(modules, shape[1], device).items():
+                fns[name] = _forward(m, x)
+                if fused_:
+                    fns[name.replace("(in place)", "(fused, in place)")] = _forward_fused(m, x)
+            before = x.clone()
         with torch.inference_mode():
             times = time_interleaved(fns, rounds, warmup, device)
+        if inplace and not torch.equal(x, before):
+            raise RuntimeError("the in-place rows changed x: the other rows timed another input")
     else:
         xg, y = x.clone().requires_grad_(), x.clone().normal_().requires_grad_()
         fns["floor"] = _product(xg, y, grad)
@@ -378,6 +396,8 @@ def main(argv=None) -> int:
                         help="also torch.compile each module (fast path and reference form; compiled in the warm-up)")
     parser.add_argument("--fused", action="store_true",
                         help="also time the dual and lite modules with sca_lib.fused's opt-in C++ kernels (forward, CPU)")
+    parser.add_argument("--inplace", action="store_true",
+                        help="also time the dual and lite modules with inplace=True (forward; with --fused also fused)")
     parser.add_argument("--breakdown", action="store_true",
                         help="instead: time each step of the dual module's forward against the floor")
     parser.add_argument("--out", type=Path, default=None, help="write modules_<device>_<allocator>.{csv,md} here")
@@ -413,7 +433,8 @@ def main(argv=None) -> int:
         for fmt in args.formats:
             for pass_ in args.passes:
                 blocks.append(measure(shape, fmt, pass_, args.modules, args.rounds, args.warmup, args.device,
-                                      with_timm=not args.no_timm, compile_=args.compile, fused_=args.fused))
+                                      with_timm=not args.no_timm, compile_=args.compile, fused_=args.fused,
+                                      inplace=args.inplace))
                 print(f"  {pass_:16s} {'x'.join(map(str, shape)):14s} {fmt}", file=sys.stderr, flush=True)
     table = pd.concat(blocks, ignore_index=True)
     cold = cold_forward(shapes, args.cold_processes, args.threads) if args.cold and args.device == "cpu" else None
@@ -439,7 +460,10 @@ def main(argv=None) -> int:
                       "time, the spread any row must exceed to mean something. `(reference)` rows are the same "
                       "module computing its reference form (`sca_lib.gating.reference_gating`); `timm:` rows are "
                       "timm's modules at the same widths; `(fused)` rows use the opt-in C++ kernels of "
-                      "`sca_lib.fused` (`--fused`). CF: channels first, CL: channels last.\n\n" + text)
+                      "`sca_lib.fused` (`--fused`); `(in place)` rows are modules built with `inplace=True` "
+                      "(`--inplace`), which write the output into `x`: identity-start copies, whose gates are exactly "
+                      "1, so `x` keeps its values from round to round (the script checks it). "
+                      "CF: channels first, CL: channels last.\n\n" + text)
         if cold is not None:
             cold.to_csv(args.out / f"{stem}_cold.csv", index=False)
     return 0

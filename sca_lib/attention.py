@@ -221,6 +221,12 @@ class DualAttention(AttentionModule):
             (range (0, 2) for a sigmoid) and the last layer of each path starts at zero, so
             ``out == x`` at initialisation and the module learns a deviation from identity.
             With ``fusion="add"`` the gates stay ``gate(z)`` (0.5 + 0.5 = 1 at zero).
+        inplace: when no gradient is recorded (``torch.no_grad``, ``torch.inference_mode``, or
+            nothing requires one), write the output into ``x`` and return ``x``, as
+            ``nn.ReLU(inplace=True)`` does: no new tensor, and the product reads and writes the same
+            memory. Same numbers as ``inplace=False``. Use it only where nothing else reads ``x``
+            afterwards (not on a residual branch's input that is added back). With a gradient the
+            module works out of place. Fusions ``"multiply"`` and ``"sequential"`` only.
 
     Shapes:
         x: (N, C, H, W) floating point -> (N, C, H, W).
@@ -251,6 +257,7 @@ class DualAttention(AttentionModule):
         gate_layer: LayerType = nn.Sigmoid,
         drop_rate: float = 0.0,
         identity_init: bool = False,
+        inplace: bool = False,
     ) -> None:
         super().__init__()
         name = type(self).__name__
@@ -270,12 +277,16 @@ class DualAttention(AttentionModule):
             raise ValueError(f"{name}: alpha scales the spatial path, which paths='channel' does not have")
         if paths == "spatial" and beta is not None and strength is None:
             raise ValueError(f"{name}: beta scales the channel path, which paths='spatial' does not have")
+        if inplace and fusion in ("add", "max"):
+            raise ValueError(f"{name}: inplace=True writes the output into x, which fusion={fusion!r} still reads "
+                             f"after its first product; use fusion='multiply' or 'sequential', or inplace=False")
         self.alpha = real_in(name, "alpha", 1.0 if alpha is None else alpha, 0.0, 1.0)
         self.beta = real_in(name, "beta", 1.0 if beta is None else beta, 0.0, 1.0)
         drop_rate = real_in(name, "drop_rate", drop_rate, 0.0, 1.0, high_open=True)
         self.paths = paths
         self.fusion = fusion
         self.identity_init = bool(identity_init)
+        self.inplace = bool(inplace)
         self.gate_scale = 2.0 if self.identity_init and fusion != "add" else 1.0
         self.channel: Optional[ChannelAttention] = None
         self.spatial: Optional[SpatialAttention] = None
@@ -321,16 +332,24 @@ class DualAttention(AttentionModule):
     def _scaled(self, w: torch.Tensor) -> torch.Tensor:
         return w if self.gate_scale == 1.0 else self.gate_scale * w
 
-    def _fused_forward(self, x: torch.Tensor) -> torch.Tensor:
+    def _in_place(self, x: torch.Tensor) -> bool:
+        """Whether this forward writes into ``x``: asked for, and no gradient to record."""
+        if not self.inplace:
+            return False
+        if torch.is_grad_enabled() and (x.requires_grad or any(p.requires_grad for p in self.parameters())):
+            return False
+        return not x.is_inference() or torch.is_inference_mode_enabled()  # torch forbids it outside
+
+    def _fused_forward(self, x: torch.Tensor, inplace: bool) -> torch.Tensor:
         """The multiplicative dual module with :mod:`sca_lib.fused`'s kernels (inference only): one
         read of ``x`` for the pooling and the projection, one pass for the product; with the article's
         layers (or the lite module's) the channel MLP and the gates run in the same C++ call."""
         if fused.whole_module(self):
-            out, c, s = fused.dual_forward(x, self)
+            out, c, s = fused.dual_forward(x, self, inplace)
         else:
             pooled, proj = fused.pool_project(x, self.spatial.conv)
             c, s = self._scaled(self.channel.weights_from_pooled(pooled)), self._scaled(self.spatial.gate(proj))
-            out = fused.gate(x, self._strong(c, self.beta), self._strong(s, self.alpha))
+            out = fused.gate(x, self._strong(c, self.beta), self._strong(s, self.alpha), inplace)
         self._keep(c, s)
         return self.dropout(out)
 
@@ -343,19 +362,24 @@ class DualAttention(AttentionModule):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         feature_map(type(self).__name__, x, self.channels, like=self)
         fast = fast_path(x)
+        inplace = self._in_place(x)
         if self._fused(x, fast):
-            return self._fused_forward(x)
+            return self._fused_forward(x, inplace)
         c = self._gates(x, self.channel)
         if self.fusion == "sequential":
-            y = x * self._strong(c, self.beta)
+            cw = self._strong(c, self.beta)
+            y = x.mul_(cw) if inplace else x * cw
             s = self._gates(y, self.spatial)
-            out = y * self._strong(s, self.alpha)
+            sw = self._strong(s, self.alpha)
+            out = y.mul_(sw) if inplace else y * sw
         else:
             s = self._gates(x, self.spatial)
             cw = None if c is None else self._strong(c, self.beta)
             sw = None if s is None else self._strong(s, self.alpha)
             if self.fusion == "multiply":
-                if cw is not None and sw is not None:
+                if inplace:  # the same products in the same order, into x
+                    out = x.mul_(cw) if sw is None else (x if cw is None else x.mul_(cw)).mul_(sw)
+                elif cw is not None and sw is not None:
                     # the fast path: one full-size allocation instead of two (sca_lib.gating)
                     out = gate_product(x, cw, sw) if fast else x * cw * sw
                 else:
@@ -375,6 +399,8 @@ class DualAttention(AttentionModule):
             parts.append(f"alpha={self.alpha}, beta={self.beta}")
         if self.identity_init:
             parts.append("identity_init=True")
+        if self.inplace:
+            parts.append("inplace=True")
         return ", ".join(parts)
 
 

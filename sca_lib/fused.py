@@ -338,10 +338,11 @@ std::vector<torch::Tensor> pool_project(torch::Tensor x, torch::Tensor weight, t
   return {pool, proj};
 }
 
-// y = x * a * b, a: (N, C) channel gate, b: (N, H*W) spatial gate; y in x's memory format.
-torch::Tensor gate(torch::Tensor x, torch::Tensor a, torch::Tensor b, bool channels_last) {
+// y = x * a * b, a: (N, C) channel gate, b: (N, H*W) spatial gate; y in x's memory format, or x itself
+// (inplace: each element is read, then overwritten by its product).
+torch::Tensor gate(torch::Tensor x, torch::Tensor a, torch::Tensor b, bool channels_last, bool inplace) {
   const int64_t n = x.size(0), c = x.size(1), hw = x.size(2) * x.size(3);
-  auto y = torch::empty_like(x);  // keeps channels last
+  auto y = inplace ? x : torch::empty_like(x);  // empty_like keeps channels last
   const float* X = x.data_ptr<float>();
   const float* A = a.data_ptr<float>();
   const float* B = b.data_ptr<float>();
@@ -397,7 +398,7 @@ static void gate_(torch::Tensor& t, int64_t kind, double scale) {  // 0: Sigmoid
 std::vector<torch::Tensor> dual_forward(torch::Tensor x, torch::Tensor conv_w, torch::Tensor conv_b,
                                         torch::Tensor w1, torch::Tensor b1, torch::Tensor w2, torch::Tensor b2,
                                         int64_t act, int64_t gate_kind, double scale, double alpha, double beta,
-                                        bool channels_last) {
+                                        bool channels_last, bool inplace) {
   const int64_t n = x.size(0), c = x.size(1), r = w1.size(0);
   TORCH_CHECK(w1.numel() == r * c && w2.numel() == c * r && w1.is_contiguous() && w2.is_contiguous() &&
               w1.scalar_type() == at::kFloat && w2.scalar_type() == at::kFloat, "dual_forward: fc weights");
@@ -414,7 +415,7 @@ std::vector<torch::Tensor> dual_forward(torch::Tensor x, torch::Tensor conv_w, t
     return t == 1.0 ? g : g.mul(t).add_(1.0 - t);
   };
   auto a = strong(cg, beta), b = strong(sg, alpha);
-  return {gate(x, a.view({n, c}), b.view({n, x.size(2) * x.size(3)}), channels_last), cg, sg};
+  return {gate(x, a.view({n, c}), b.view({n, x.size(2) * x.size(3)}), channels_last, inplace), cg, sg};
 }
 """
 
@@ -536,15 +537,16 @@ def pool_project(x: torch.Tensor, conv: nn.Conv2d) -> Tuple[torch.Tensor, torch.
     return tuple(_STATE["module"].pool_project(x, _flat(conv.weight), _flat(conv.bias), not x.is_contiguous()))
 
 
-def gate(x: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+def gate(x: torch.Tensor, a: torch.Tensor, b: torch.Tensor, inplace: bool = False) -> torch.Tensor:
     """``x * a * b`` for a channel gate ``a`` (N, C, 1, 1) and a spatial gate ``b`` (N, 1, H, W), in
-    one pass, in ``x``'s memory format. Call only where :func:`applies` is true."""
+    one pass, in ``x``'s memory format (``inplace``: into ``x``, which is returned). Call only where
+    :func:`applies` is true."""
     n, c, h, w = x.shape
     if a.shape != (n, c, 1, 1) or a.dtype != torch.float32 or not a.is_contiguous():
         a = a.expand(n, c, 1, 1).float().contiguous()
     if b.shape != (n, 1, h, w) or b.dtype != torch.float32 or not b.is_contiguous():
         b = b.expand(n, 1, h, w).float().contiguous()
-    return _STATE["module"].gate(x, a.view(n, c), b.view(n, h * w), not x.is_contiguous())
+    return _STATE["module"].gate(x, a.view(n, c), b.view(n, h * w), not x.is_contiguous(), inplace)
 
 
 _ACTIVATIONS = {nn.ReLU: 0, nn.Hardswish: 1}
@@ -559,13 +561,14 @@ def whole_module(module: nn.Module) -> bool:
     return type(ch.act) in _ACTIVATIONS and type(ch.gate) in _GATES and type(sp.gate) is type(ch.gate)
 
 
-def dual_forward(x: torch.Tensor, module: nn.Module) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def dual_forward(x: torch.Tensor, module: nn.Module, inplace: bool = False) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The whole forward of a multiplicative :class:`~sca_lib.DualAttention` in one call: pooling and
     projection in one read of ``x``, the channel MLP, the gates and their strengths, and the two-gate
     product in one pass. Returns the output and the channel and spatial gates before their strengths
-    (what ``record_maps`` keeps). Call only where :func:`applies` and :func:`whole_module` are true."""
+    (what ``record_maps`` keeps); ``inplace``: the output is ``x`` itself. Call only where
+    :func:`applies` and :func:`whole_module` are true."""
     ch, sp = module.channel, module.spatial
     return tuple(_STATE["module"].dual_forward(
         x, _flat(sp.conv.weight), _flat(sp.conv.bias), _flat(ch.fc1.weight), _flat(ch.fc1.bias),
         _flat(ch.fc2.weight), _flat(ch.fc2.bias), _ACTIVATIONS[type(ch.act)], _GATES[type(ch.gate)],
-        module.gate_scale, module.alpha, module.beta, not x.is_contiguous()))
+        module.gate_scale, module.alpha, module.beta, not x.is_contiguous(), inplace))

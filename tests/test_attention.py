@@ -450,3 +450,49 @@ def test_channel_profiles_subtract_the_mean_image_per_class():
     assert t.loc["y"].tolist() == pytest.approx((w[[1, 2]].mean(0) - mean).tolist())
     with pytest.raises(ValueError, match="same N images"):
         channel_profiles(w, y[:2])
+
+
+@pytest.mark.parametrize("name,kwargs", [("dual", {}), ("lite", {}), ("channel", {}), ("spatial", {}), ("dual_seq", {}),
+                                         ("se", {}), ("dual", {"strength": "detection", "identity_init": True})])
+@pytest.mark.parametrize("memory_format", [torch.contiguous_format, torch.channels_last], ids=["CF", "CL"])
+def test_inplace_writes_the_same_numbers_into_x_when_no_gradient_is_recorded(name, kwargs, memory_format):
+    torch.manual_seed(0)
+    module = sca_lib.create_attention(name, 24, **kwargs).eval()
+    for p in module.parameters():
+        nn.init.normal_(p, std=0.3)
+    x = torch.randn(3, 24, 5, 7).contiguous(memory_format=memory_format)
+    for no_grad in (torch.no_grad, torch.inference_mode):
+        with no_grad():
+            module.inplace = False
+            ref = module(x)
+            module.inplace = True
+            x2 = x.clone()
+            out = module(x2)
+        assert out.data_ptr() == x2.data_ptr() and torch.equal(out, ref), no_grad  # into x, bit for bit
+    # a gradient to record: out of place, x untouched, the same output and gradients as inplace=False
+    outputs, grads = [], []
+    for inplace in (True, False):
+        module.inplace = inplace
+        module.zero_grad()
+        xg = x.clone().requires_grad_()
+        out = module(xg)
+        assert out.data_ptr() != xg.data_ptr() and torch.equal(xg.detach(), x)
+        out.square().sum().backward()
+        outputs.append(out.detach())
+        grads.append([xg.grad] + [p.grad for p in module.parameters()])
+    assert torch.equal(*outputs)
+    for a, b in zip(*grads):
+        assert torch.equal(a, b)
+
+
+def test_inplace_is_refused_where_x_is_read_again_and_skipped_where_torch_forbids_it():
+    for fusion in ("add", "max"):
+        with pytest.raises(ValueError, match=f"inplace=True writes the output into x.*fusion='{fusion}'.*'multiply'"):
+            DualAttention(16, fusion=fusion, inplace=True)
+    module = sca_lib.create_attention("dual", 16, inplace=True).eval()
+    assert "inplace=True" in repr(module)
+    with torch.inference_mode():
+        x = torch.randn(2, 16, 3, 3)  # an inference tensor: torch refuses in-place updates outside inference mode
+    with torch.no_grad():
+        out = module(x)
+    assert out.data_ptr() != x.data_ptr() and not torch.equal(out, x)

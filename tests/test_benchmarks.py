@@ -55,8 +55,26 @@ def test_unknown_modules_are_named(flag):
 
 
 def test_the_fused_rows_time_the_opt_in_kernels(tmp_path):
-    out = _run("--fused", "--shapes", "2x32x4x4", "--modules", "dual", "--no-timm", "--passes", "forward",
+    out = _run("--fused", "--inplace", "--shapes", "2x32x4x4", "--modules", "dual", "--no-timm", "--passes", "forward",
                "--rounds", "2", "--warmup", "0", "--out", str(tmp_path))
     table = pd.read_csv(tmp_path / "modules_cpu_default_fused.csv")
-    assert {"dual", "dual (reference)", "dual (fused)"} <= set(table["model"])
-    assert "`dual (fused)`" in out
+    assert {"dual", "dual (reference)", "dual (fused)", "dual (in place)", "dual (fused, in place)"} <= set(table["model"])
+    assert "`dual (fused)`" in out and "`dual (fused, in place)`" in out
+
+
+def test_the_in_place_rows_leave_the_input_as_it_was():
+    import importlib.util
+
+    import torch
+
+    spec = importlib.util.spec_from_file_location("bench_modules", SCRIPT)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    modules = bench._in_place_modules(["dual", "lite", "se"], 16, "cpu")
+    assert set(modules) == {"dual (in place)", "lite (in place)"}
+    x = torch.randn(2, 16, 5, 5)
+    before = x.clone()
+    with torch.inference_mode():
+        for m in modules.values():
+            assert m(x) is x
+    assert torch.equal(x, before)  # identity start: gates of exactly 1

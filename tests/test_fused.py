@@ -61,12 +61,32 @@ def test_the_fused_forward_equals_the_fast_path(kernels, monkeypatch, name, kwar
     assert set(calls) == ({"dual_forward"} if whole else {"gate"})
 
 
+@pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last], ids=["CF", "CL"])
+def test_in_place_the_fused_forward_writes_the_same_numbers_into_x(kernels, monkeypatch, layout):
+    torch.manual_seed(0)
+    calls = _calls(monkeypatch)
+    for name, kwargs in [("dual", {}), ("lite", {"alpha": 0.5}), ("dual", {"act_layer": torch.nn.GELU})]:
+        module = sca_lib.create_attention(name, 40, **kwargs).eval()
+        for p in module.parameters():
+            torch.nn.init.normal_(p, std=0.2)
+        x = torch.randn(5, 40, 6, 6).contiguous(memory_format=layout)
+        with torch.no_grad():
+            ref = module(x)
+            module.inplace = True
+            x2 = x.clone()
+            out = module(x2)
+        assert out.data_ptr() == x2.data_ptr() and torch.equal(out, ref), (name, kwargs)
+    assert calls == ["dual_forward"] * 4 + ["gate"] * 2  # out of place, then in place, each module
+
+
 def test_the_kernels_agree_with_the_expressions_they_replace(kernels):
     torch.manual_seed(1)
     for memory_format in (torch.contiguous_format, torch.channels_last):
         x = torch.randn(4, 24, 6, 10).contiguous(memory_format=memory_format)
         a, b = torch.rand(4, 24, 1, 1), torch.rand(4, 1, 6, 10)
         assert torch.equal(fused.gate(x, a, b), x * a * b)  # the same operations in the same order: bit for bit
+        x2 = x.clone()
+        assert fused.gate(x2, a, b, inplace=True) is x2 and torch.equal(x2, x * a * b)
         conv = torch.nn.Conv2d(24, 1, 1)
         pooled, proj = fused.pool_project(x, conv)
         torch.testing.assert_close(pooled, x.mean((2, 3)), rtol=1e-5, atol=1e-6)
