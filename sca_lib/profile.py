@@ -44,6 +44,7 @@ from torch import nn
 
 from .attention import attention_modules
 from .config import check_mode, get_mode, repo_root
+from .stats import median_ci
 
 __all__ = [
     "count_parameters",
@@ -260,14 +261,19 @@ def paired_ratios(times: Mapping[str, Sequence[float]], base: Optional[str] = No
     """Per-round ratios to ``base`` (default: the first entry) from :func:`time_interleaved`'s times.
 
     One row per entry: ``model``, ``median_ms``, ``ratio`` (the median of the round-by-round
-    ratios), ``ratio_min``, ``ratio_max``, ``rounds``.
+    ratios), ``ratio_min``, ``ratio_max``, ``rounds``, and ``ratio_ci_low``, ``ratio_ci_high``: a
+    distribution-free 95 % interval for the median ratio (:func:`sca_lib.stats.median_ci`; nan
+    under 6 rounds). [min, max] is the spread of single rounds; the interval is what the median
+    itself resolves.
     """
     base = next(iter(times)) if base is None else base
     rows = []
     for name, t in times.items():
         ratios = [a / b for a, b in zip(t, times[base])]
+        low, high = median_ci(ratios)
         rows.append({"model": name, "median_ms": statistics.median(t), "ratio": statistics.median(ratios),
-                     "ratio_min": min(ratios), "ratio_max": max(ratios), "rounds": len(t)})
+                     "ratio_min": min(ratios), "ratio_max": max(ratios), "rounds": len(t),
+                     "ratio_ci_low": low, "ratio_ci_high": high})
     return pd.DataFrame(rows)
 
 
@@ -326,8 +332,8 @@ def paired_latency(models: Mapping[str, nn.Module], input_size: SizeArg = (3, 22
     model's time of the same round; a row reports the median of those ratios and their
     [min, max]. With ``control=True`` a copy of the first model is timed too (``"<first> (copy)"``):
     its ratio should be 1, and how far its [min, max] strays from 1 is the smallest effect the
-    measurement can resolve. Returns a DataFrame: ``model``, ``median_ms``, ``ratio``,
-    ``ratio_min``, ``ratio_max``, ``rounds``.
+    measurement can resolve. Returns :func:`paired_ratios`'s DataFrame: ``model``, ``median_ms``,
+    ``ratio``, ``ratio_min``, ``ratio_max``, ``rounds``, ``ratio_ci_low``, ``ratio_ci_high``.
     """
     models = dict(models)
     if not models:
@@ -346,7 +352,8 @@ def add_paired_latency(table: pd.DataFrame, models: Mapping[str, nn.Module], inp
 
     For each batch size B (:func:`paired_latency`, ``control=True``): ``latency_ms_b{B}`` (median),
     ``latency_ratio_b{B}`` (median of the per-round ratios to the first model),
-    ``latency_ratio_min_b{B}``, ``latency_ratio_max_b{B}`` and ``latency_rounds_b{B}``; also
+    ``latency_ratio_min_b{B}``, ``latency_ratio_max_b{B}``, ``latency_rounds_b{B}`` and the median
+    ratio's 95 % interval ``latency_ratio_ci_low_b{B}``, ``latency_ratio_ci_high_b{B}``; also
     ``threads`` and ``latency_input_size``. The control row repeats the first model's other columns.
     Returns a new DataFrame.
     """
@@ -359,7 +366,8 @@ def add_paired_latency(table: pd.DataFrame, models: Mapping[str, nn.Module], inp
         lat = paired_latency(models, input_size, b, device, warmup, runs, control=True).set_index("model")
         for col, key in (("latency_ms", "median_ms"), ("latency_ratio", "ratio"),
                          ("latency_ratio_min", "ratio_min"), ("latency_ratio_max", "ratio_max"),
-                         ("latency_rounds", "rounds")):
+                         ("latency_rounds", "rounds"), ("latency_ratio_ci_low", "ratio_ci_low"),
+                         ("latency_ratio_ci_high", "ratio_ci_high")):
             table[f"{col}_b{b}"] = [lat.loc[m, key] for m in table["model"]]
     table["threads"] = torch.get_num_threads()
     table["latency_input_size"] = "x".join(map(str, _input_shape(input_size)[1:]))

@@ -7,6 +7,8 @@
 - :func:`holm`: Holm's step-down adjustment of a family of p-values. A comparison is called
   significant only when its *adjusted* p-value is below 0.05; the report adjusts the declared
   primary comparisons as one family and every other comparison as a second family.
+- :func:`median_ci`: a distribution-free interval for a median (order statistics, binomial), what
+  the benchmarks put around a median of per-round timing ratios.
 - :func:`paired_difference` with ``level=1 - 0.05 / m`` gives the Bonferroni interval of a family
   of ``m`` comparisons: when it excludes zero, Holm also rejects (Holm is never less powerful).
 """
@@ -19,7 +21,7 @@ from typing import Dict, Sequence, Tuple
 import numpy as np
 from scipy import stats as _st
 
-__all__ = ["t_quantile", "mean_ci", "paired_difference", "paired_p_value", "holm"]
+__all__ = ["t_quantile", "mean_ci", "paired_difference", "paired_p_value", "holm", "median_ci"]
 
 
 # t(0.975, df) for df = 1..30 to three decimals, then the normal 1.96: the 95 % intervals printed in
@@ -85,3 +87,18 @@ def holm(p_values: Sequence[float]) -> np.ndarray:
         running = max(running, min(1.0, (m - rank) * p[i]))
         out[i] = running
     return out
+
+
+def median_ci(values: Sequence[float], level: float = 0.95) -> Tuple[float, float]:
+    """A two-sided ``level`` confidence interval for the median of the distribution ``values`` were
+    drawn from, assuming nothing about its shape: ``(x_(j), x_(n+1-j))`` of the sorted values, with
+    ``j`` the largest order such that ``2 * P(Binomial(n, 1/2) <= j - 1) <= 1 - level`` (the interval
+    covers at least ``level``). ``(nan, nan)`` when ``n`` is too small for ``level`` (n < 6 for 95 %)."""
+    x = np.sort(np.asarray(values, dtype=float))
+    n = len(x)
+    if not 0 < level < 1:
+        raise ValueError(f"median_ci: level must be in (0, 1), got {level}")
+    j = int(_st.binom.ppf((1 - level) / 2, n, 0.5)) if n else 0
+    if j < 1:
+        return float("nan"), float("nan")
+    return float(x[j - 1]), float(x[n - j])

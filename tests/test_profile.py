@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pandas as pd
 import pytest
 import torch
@@ -228,6 +230,9 @@ def test_time_interleaved_warms_up_alternates_and_times_cuda_with_events(monkeyp
     assert log == ["sync", "record", "call", "record", "event sync"] and t == {"a": [2.0]}
     r = paired_ratios({"a": [2.0, 4.0], "b": [3.0, 4.0]}).set_index("model")
     assert r.loc["b", "ratio"] == pytest.approx(1.25) and r.loc["b", "ratio_max"] == pytest.approx(1.5)
+    assert math.isnan(r.loc["b", "ratio_ci_low"])  # 2 rounds: no 95 % interval for a median
+    r = paired_ratios({"a": [1.0] * 10, "b": [float(v) for v in range(10, 0, -1)]}).set_index("model")
+    assert (r.loc["b", "ratio_ci_low"], r.loc["b", "ratio_ci_high"]) == (2.0, 9.0)  # the 2nd and 9th of 10
 
 
 def test_add_paired_latency_adds_ratio_columns_and_a_control_row(monkeypatch):
@@ -237,7 +242,8 @@ def test_add_paired_latency_adds_ratio_columns_and_a_control_row(monkeypatch):
         assert control and batch_size in (1, 8)
         return pd.DataFrame({"model": list(models) + ["plain (copy)"], "median_ms": [10.0, 12.0, 10.1],
                              "ratio": [1.0, 1.2, 1.01], "ratio_min": [1.0, 1.1, 0.98],
-                             "ratio_max": [1.0, 1.3, 1.03], "rounds": [runs] * 3})
+                             "ratio_max": [1.0, 1.3, 1.03], "rounds": [runs] * 3,
+                             "ratio_ci_low": [1.0, 1.15, 0.99], "ratio_ci_high": [1.0, 1.25, 1.02]})
 
     monkeypatch.setattr(sca_lib.profile, "paired_latency", fake)
     table = pd.DataFrame({"model": ["plain", "attn"], "params_M": [1.0, 1.1]})
@@ -246,6 +252,7 @@ def test_add_paired_latency_adds_ratio_columns_and_a_control_row(monkeypatch):
     assert list(out["params_M"]) == [1.0, 1.1, 1.0]
     assert list(out["latency_ratio_b8"]) == [1.0, 1.2, 1.01] and list(out["latency_ratio_min_b1"]) == [1.0, 1.1, 0.98]
     assert set(out["latency_rounds_b1"]) == {5} and set(out["latency_input_size"]) == {"3x8x8"}
+    assert list(out["latency_ratio_ci_low_b8"]) == [1.0, 1.15, 0.99] and list(out["latency_ratio_ci_high_b1"]) == [1.0, 1.25, 1.02]
     with pytest.raises(ValueError, match="first row must be the first model 'attn'"):
         add_paired_latency(table, {"attn": nn.Identity(), "plain": nn.Identity()}, (3, 8, 8))
 

@@ -252,3 +252,20 @@ def test_a_placement_study_shows_its_plain_baseline_first_and_its_places_from_sh
     import matplotlib.pyplot as plt
 
     plt.close(fig)
+
+
+def test_median_ci_is_scipys_quantile_test_interval():
+    from scipy import stats as st
+
+    from sca_lib.stats import median_ci
+
+    if not hasattr(st, "quantile_test"):  # scipy < 1.10
+        pytest.skip("scipy.stats.quantile_test needs scipy 1.10")
+    rng = np.random.default_rng(0)
+    for n in (6, 7, 10, 41, 201):
+        x = rng.standard_normal(n)
+        ci = st.quantile_test(x, q=0, p=0.5).confidence_interval(0.95)
+        assert median_ci(x) == (ci.low, ci.high), n
+    assert all(math.isnan(v) for v in median_ci([1.0, 2.0, 3.0, 4.0, 5.0]))  # 5 values cannot give 95 %
+    with pytest.raises(ValueError, match="level must be in"):
+        median_ci([1.0] * 10, level=95)
