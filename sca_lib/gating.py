@@ -145,7 +145,10 @@ def _pair_grads(u: torch.Tensor, a: torch.Tensor, b: torch.Tensor,
 
     Two cases are batched matrix-vector products without a temporary: a channel gate (N, C, 1, 1)
     with a spatial gate (N, 1, H, W), and a row gate (N, C, H, 1) with a column gate (N, C, 1, W);
-    other shapes reduce ``u * other`` with a sum.
+    other shapes reduce ``u * other`` with a sum. Each product is written as a row vector times a
+    matrix (``v^T U``, the matrix transposed where needed): on the CPU, ``torch.bmm`` of a matrix
+    times a column vector (``U v``) ran 4-17x slower than a read pass of ``U``, the same product as
+    a row vector times the transposed matrix about 2x (``results/performance/README.md``).
     """
     n, c, h, w = u.shape
     layout = _layout(u)
@@ -154,7 +157,7 @@ def _pair_grads(u: torch.Tensor, a: torch.Tensor, b: torch.Tensor,
         if layout == "cf":  # u as (N, C, HW)
             uv = u.view(n, c, h * w)
             if need_a:
-                ga = torch.bmm(uv, b.reshape(n, h * w, 1)).view(n, c, 1, 1)
+                ga = torch.bmm(b.reshape(n, 1, h * w), uv.transpose(1, 2)).view(n, c, 1, 1)
             if need_b:
                 gb = torch.bmm(a.reshape(n, 1, c), uv).view(n, 1, h, w)
         else:  # u as (N, HW, C)
@@ -162,7 +165,7 @@ def _pair_grads(u: torch.Tensor, a: torch.Tensor, b: torch.Tensor,
             if need_a:
                 ga = torch.bmm(b.reshape(n, 1, h * w), uv).view(n, c, 1, 1)
             if need_b:
-                gb = torch.bmm(uv, a.reshape(n, c, 1)).view(n, 1, h, w)
+                gb = torch.bmm(a.reshape(n, 1, c), uv.transpose(1, 2)).view(n, 1, h, w)
         return ga, gb
     if a.shape == (n, c, h, 1) and b.shape == (n, c, 1, w) and layout == "cf":
         if need_a:
