@@ -146,9 +146,9 @@ def _pair_grads(u: torch.Tensor, a: torch.Tensor, b: torch.Tensor,
     Two cases are batched matrix-vector products without a temporary: a channel gate (N, C, 1, 1)
     with a spatial gate (N, 1, H, W), and a row gate (N, C, H, 1) with a column gate (N, C, 1, W);
     other shapes reduce ``u * other`` with a sum. Each product is written as a row vector times a
-    matrix (``v^T U``, the matrix transposed where needed): on the CPU, ``torch.bmm`` of a matrix
-    times a column vector (``U v``) ran 4-17x slower than a read pass of ``U``, the same product as
-    a row vector times the transposed matrix about 2x (``results/performance/README.md``).
+    matrix (``v^T U``, the matrix transposed where needed): on the CPU ``torch.bmm`` of a matrix
+    times a column vector (``U v``) is several times slower than the same product written the other
+    way round (``benchmarks/bench_matvec.py``, ``results/performance/matvec_cpu.md``).
     """
     n, c, h, w = u.shape
     layout = _layout(u)

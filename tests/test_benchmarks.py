@@ -78,3 +78,13 @@ def test_the_in_place_rows_leave_the_input_as_it_was():
         for m in modules.values():
             assert m(x) is x
     assert torch.equal(x, before)  # identity start: gates of exactly 1
+
+
+def test_the_matvec_benchmark_times_both_ways_of_writing_each_product(tmp_path):
+    script = ROOT / "benchmarks" / "bench_matvec.py"
+    done = subprocess.run([sys.executable, str(script), "--shapes", "2x8x3x3", "--rounds", "7", "--warmup", "0",
+                           "--out", str(tmp_path)], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    table = pd.read_csv(tmp_path / "matvec_cpu.csv")
+    assert len(table) == 7 and table["model"].str.endswith("(now)").sum() == 2 and table["ratio_ci_low"].notna().all()
+    assert (tmp_path / "matvec_cpu.md").read_text().startswith("# Batched matrix-vector products")
