@@ -27,6 +27,7 @@ from functools import partial
 from typing import Callable, Dict, Optional, Type, Union
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from ._checks import feature_map, one_of, positive_int, real_in
@@ -225,8 +226,9 @@ class DualAttention(AttentionModule):
             nothing requires one), write the output into ``x`` and return ``x``, as
             ``nn.ReLU(inplace=True)`` does: no new tensor, and the product reads and writes the same
             memory. Same numbers as ``inplace=False``. Use it only where nothing else reads ``x``
-            afterwards (not on a residual branch's input that is added back). With a gradient the
-            module works out of place. Fusions ``"multiply"`` and ``"sequential"`` only.
+            afterwards (not on an input that a residual connection adds back: :class:`AttnResBlock`
+            refuses it). With a gradient the module works out of place. Fusions ``"multiply"`` and
+            ``"sequential"`` only.
 
     Shapes:
         x: (N, C, H, W) floating point -> (N, C, H, W).
@@ -351,7 +353,7 @@ class DualAttention(AttentionModule):
             c, s = self._scaled(self.channel.weights_from_pooled(pooled)), self._scaled(self.spatial.gate(proj))
             out = fused.gate(x, self._strong(c, self.beta), self._strong(s, self.alpha), inplace)
         self._keep(c, s)
-        return self.dropout(out)
+        return self._drop(out, inplace)
 
     def _fused(self, x: torch.Tensor, fast: bool) -> bool:
         if not (fast and self.fusion == "multiply" and fused.applies(x, self)):  # False at once unless switched on
@@ -389,6 +391,12 @@ class DualAttention(AttentionModule):
             else:  # max
                 out = torch.maximum(x * cw, x * sw)
         self._keep(c, s)
+        return self._drop(out, inplace)
+
+    def _drop(self, out: torch.Tensor, inplace: bool) -> torch.Tensor:
+        """The output dropout (training only), in place when the forward was."""
+        if inplace and isinstance(self.dropout, nn.Dropout2d):
+            return F.dropout2d(out, self.dropout.p, self.training, inplace=True)
         return self.dropout(out)
 
     def extra_repr(self) -> str:
@@ -557,6 +565,9 @@ class AttnResBlock(nn.Module):
     def __init__(self, channels: int, attention: str = "dual", identity_init: bool = False, **attn_kwargs) -> None:
         super().__init__()
         self.channels = _check_channels(type(self).__name__, channels)
+        if attn_kwargs.get("inplace"):
+            raise ValueError(f"{type(self).__name__}: inplace=True would let the attention overwrite x, which the block "
+                             "adds back afterwards (x + conv3x3(attention(x))); build it without inplace")
         if identity_init and "identity_init" in attention_settings(attention):
             attn_kwargs["identity_init"] = True  # the zero conv alone already makes the block the identity
         self.attn = create_attention(attention, channels, **attn_kwargs)

@@ -489,7 +489,13 @@ def test_inplace_is_refused_where_x_is_read_again_and_skipped_where_torch_forbid
     for fusion in ("add", "max"):
         with pytest.raises(ValueError, match=f"inplace=True writes the output into x.*fusion='{fusion}'.*'multiply'"):
             DualAttention(16, fusion=fusion, inplace=True)
-    module = sca_lib.create_attention("dual", 16, inplace=True).eval()
+    with pytest.raises(ValueError, match="AttnResBlock: inplace=True would let the attention overwrite x"):
+        sca_lib.AttnResBlock(16, inplace=True)  # x + conv(attention(x)) reads x again
+    module = sca_lib.create_attention("dual", 16, inplace=True, drop_rate=0.5).train()
+    x = torch.randn(2, 16, 3, 3)
+    with torch.no_grad():  # training without a gradient: the dropout too works in place
+        assert module(x) is x
+    module.eval()
     assert "inplace=True" in repr(module)
     with torch.inference_mode():
         x = torch.randn(2, 16, 3, 3)  # an inference tensor: torch refuses in-place updates outside inference mode
