@@ -169,7 +169,7 @@ def _pair_grads(u: torch.Tensor, a: torch.Tensor, b: torch.Tensor,
         return ga, gb
     if a.shape == (n, c, h, 1) and b.shape == (n, c, 1, w) and layout == "cf":
         if need_a:
-            ga = torch.matmul(u, b.reshape(n, c, w, 1))
+            ga = torch.matmul(b.reshape(n, c, 1, w), u.transpose(2, 3)).view(n, c, h, 1)
         if need_b:
             gb = torch.matmul(a.reshape(n, c, 1, h), u)
         return ga, gb
