@@ -32,7 +32,7 @@ from torch import nn
 
 from ._checks import feature_map, one_of, positive_int, real_in
 from . import fused
-from .gating import channel_mlp, fast_path, gate_product, plain_layers, project_channels, spatial_mean
+from .gating import channel_mlp, fast_path, gate_product, plain_layers, project_channels, records_grad, spatial_mean
 
 __all__ = [
     "AttentionModule",
@@ -336,9 +336,7 @@ class DualAttention(AttentionModule):
 
     def _in_place(self, x: torch.Tensor) -> bool:
         """Whether this forward writes into ``x``: asked for, and no gradient to record."""
-        if not self.inplace:
-            return False
-        if torch.is_grad_enabled() and (x.requires_grad or any(p.requires_grad for p in self.parameters())):
+        if not self.inplace or records_grad(x, self):
             return False
         return not x.is_inference() or torch.is_inference_mode_enabled()  # torch forbids it outside
 
@@ -380,7 +378,10 @@ class DualAttention(AttentionModule):
             sw = None if s is None else self._strong(s, self.alpha)
             if self.fusion == "multiply":
                 if inplace:  # the same products in the same order, into x
-                    out = x.mul_(cw) if sw is None else (x if cw is None else x.mul_(cw)).mul_(sw)
+                    out = x
+                    for gate in (cw, sw):
+                        if gate is not None:
+                            out = out.mul_(gate)
                 elif cw is not None and sw is not None:
                     # the fast path: one full-size allocation instead of two (sca_lib.gating)
                     out = gate_product(x, cw, sw) if fast else x * cw * sw

@@ -45,7 +45,7 @@ from typing import Any, Iterator, Optional, Tuple
 import torch
 from torch import nn
 
-from .gating import _layout
+from .gating import _layout, records_grad
 
 __all__ = ["use_fused_kernels", "fused_kernels", "fused_enabled", "applies", "pool_project", "gate", "whole_module", "dual_forward", "load", "build"]
 
@@ -524,7 +524,7 @@ def applies(x: torch.Tensor, module: nn.Module) -> bool:
     traced or scripted (the kernels are opaque to those)."""
     if not _STATE["enabled"] or x.dtype != torch.float32 or x.device.type != "cpu" or x.dim() != 4 or x.numel() == 0:
         return False
-    if torch.is_grad_enabled() and (x.requires_grad or any(p.requires_grad for p in module.parameters())):
+    if records_grad(x, module):
         return False
     if torch.compiler.is_compiling() or torch.jit.is_tracing():
         return False

@@ -39,7 +39,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["fast_path", "plain_layers", "reference_gating", "spatial_mean", "channel_mlp", "project_channels", "gate_product"]
+__all__ = ["fast_path", "plain_layers", "reference_gating", "spatial_mean", "channel_mlp", "project_channels", "gate_product", "records_grad"]
 
 #: The fast path is on unless ``SCA_GATING=reference`` is set when sca_lib is imported: the studies
 #: committed before the fast path trained with the reference form, whose float operations run in
@@ -67,6 +67,13 @@ def _layout(x: torch.Tensor) -> Optional[str]:
     if x.is_contiguous(memory_format=torch.channels_last):
         return "cl"
     return None
+
+
+def records_grad(x: torch.Tensor, module: nn.Module) -> bool:
+    """Whether autograd records a forward of ``module`` on ``x``: grad mode is on and ``x`` or one of
+    the module's parameters requires a gradient. Where it does not, the fused kernels and in-place
+    forwards may run."""
+    return torch.is_grad_enabled() and (x.requires_grad or any(p.requires_grad for p in module.parameters()))
 
 
 def fast_path(x: torch.Tensor) -> bool:
