@@ -8,7 +8,9 @@ and pass this script times, interleaved round by round in alternating order
 - ``forward``: under ``torch.inference_mode``, modules in eval mode; the floor is ``x.clone()``
   plus one read pass (``x.sum()``), the cost of producing a new tensor the size of ``x``;
 - ``forward+backward``: modules in train mode, ``x`` requiring grad, a fixed output gradient; the
-  floor is ``x * y`` forward and backward (both requiring grad), the cheapest gated product;
+  floor is ``x * y`` forward and backward (both requiring grad), the cheapest gated product. Every
+  round starts with no gradients (``x.grad``, ``y.grad`` and the module's own set to None, as a
+  training step after ``zero_grad(set_to_none=True)`` does), so no row adds into old gradients;
 
 every module of the family with its fast path (``sca_lib.gating``, the default) and its reference
 form (``<name> (reference)``), timm's modules where timm has one (``timm:<name>``), and a second copy
@@ -98,6 +100,7 @@ def _forward_fused(module, x, call: bool = True) -> Callable[[], object]:
 def _forward_backward(module, x, grad, reference: bool = False) -> Callable[[], object]:
     def run():
         x.grad = None
+        module.zero_grad(set_to_none=True)  # as the engine's training step: no accumulation into old gradients
         with reference_gating(reference):
             out = module(x)
         out.backward(grad)

@@ -32,7 +32,8 @@ from torch import nn
 
 from ._checks import feature_map, one_of, positive_int, real_in
 from . import fused
-from .gating import channel_mlp, fast_path, gate_product, plain_layers, project_channels, records_grad, spatial_mean
+from .gating import (_gate_product, apply_layer, channel_mlp, fast_path, plain_layers, project_channels, records_grad,
+                     spatial_mean)
 
 __all__ = [
     "AttentionModule",
@@ -145,8 +146,9 @@ class ChannelAttention(nn.Module):
         return self.gate(self.fc2(self.act(self.fc1(self.pool(x)))))
 
     def weights_from_pooled(self, pooled: torch.Tensor) -> torch.Tensor:
-        """(N, C) channel means -> (N, C, 1, 1) channel weights (the MLP as matrix products)."""
-        return self.gate(channel_mlp(pooled, self.fc1, self.act, self.fc2).view(pooled.shape[0], -1, 1, 1))
+        """(N, C) channel means -> (N, C, 1, 1) channel weights (the MLP as matrix products; a plain
+        activation and gate as functions, :func:`sca_lib.gating.apply_layer`)."""
+        return apply_layer(self.gate, channel_mlp(pooled, self.fc1, self.act, self.fc2).view(pooled.shape[0], -1, 1, 1))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         feature_map(type(self).__name__, x, self.channels, like=self)
@@ -169,8 +171,10 @@ class SpatialAttention(nn.Module):
 
     def weights(self, x: torch.Tensor) -> torch.Tensor:
         """(N, C, H, W) -> (N, 1, H, W) spatial weights."""
-        fast = fast_path(x) and plain_layers(self.conv)
-        return self.gate(project_channels(x, self.conv) if fast else self.conv(x))
+        conv = self.conv
+        if fast_path(x) and plain_layers(conv):
+            return apply_layer(self.gate, project_channels(x, conv))
+        return self.gate(conv(x))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         feature_map(type(self).__name__, x, self.channels, like=self)
@@ -348,7 +352,7 @@ class DualAttention(AttentionModule):
             out, c, s = fused.dual_forward(x, self, inplace)
         else:
             pooled, proj = fused.pool_project(x, self.spatial.conv)
-            c, s = self._scaled(self.channel.weights_from_pooled(pooled)), self._scaled(self.spatial.gate(proj))
+            c, s = self._scaled(self.channel.weights_from_pooled(pooled)), self._scaled(apply_layer(self.spatial.gate, proj))
             out = fused.gate(x, self._strong(c, self.beta), self._strong(s, self.alpha), inplace)
         self._keep(c, s)
         return self._drop(out, inplace)
@@ -384,7 +388,7 @@ class DualAttention(AttentionModule):
                             out = out.mul_(gate)
                 elif cw is not None and sw is not None:
                     # the fast path: one full-size allocation instead of two (sca_lib.gating)
-                    out = gate_product(x, cw, sw) if fast else x * cw * sw
+                    out = _gate_product(x, cw, sw) if fast else x * cw * sw
                 else:
                     out = x * (cw if sw is None else sw)
             elif self.fusion == "add":
@@ -398,7 +402,7 @@ class DualAttention(AttentionModule):
         """The output dropout (training only), in place when the forward was."""
         if inplace and isinstance(self.dropout, nn.Dropout2d):
             return F.dropout2d(out, self.dropout.p, self.training, inplace=True)
-        return self.dropout(out)
+        return apply_layer(self.dropout, out)  # nn.Identity without hooks: out, without a module call
 
     def extra_repr(self) -> str:
         parts = [f"paths={self.paths!r}"]

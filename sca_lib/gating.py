@@ -38,8 +38,9 @@ from typing import Iterator, Optional, Tuple
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.modules import module as _nn_module
 
-__all__ = ["fast_path", "plain_layers", "reference_gating", "spatial_mean", "channel_mlp", "project_channels", "gate_product", "records_grad"]
+__all__ = ["fast_path", "plain_layers", "reference_gating", "spatial_mean", "channel_mlp", "project_channels", "gate_product", "records_grad", "apply_layer"]
 
 #: The fast path is on unless ``SCA_GATING=reference`` is set when sca_lib is imported: the studies
 #: committed before the fast path trained with the reference form, whose float operations run in
@@ -99,10 +100,43 @@ def plain_layers(*layers: nn.Module) -> bool:
     with no forward hooks or pre-hooks of its own, and no global ones are registered. Pruning,
     hook-based weight norm and FLOP counters work through such hooks; with them the modules call
     their layers (the reference form)."""
-    from torch.nn.modules import module as _module
-    if _module._global_forward_hooks or _module._global_forward_pre_hooks:
+    if _global_hooks():
         return False
-    return all(type(m) in _PLAIN_LAYERS and not m._forward_hooks and not m._forward_pre_hooks for m in layers)
+    for m in layers:  # a loop, not all(...) over a generator: this runs on every forward (1 us less)
+        if type(m) not in _PLAIN_LAYERS or m._forward_hooks or m._forward_pre_hooks:
+            return False
+    return True
+
+
+#: Activation and gate layers whose forward is exactly one functional call (of any ``inplace``
+#: setting: the values are the same).
+_FUNCTIONAL = {nn.ReLU: F.relu, nn.Hardswish: F.hardswish, nn.Sigmoid: torch.sigmoid,
+               nn.Hardsigmoid: F.hardsigmoid, nn.SiLU: F.silu, nn.Tanh: torch.tanh, nn.Identity: lambda t: t}
+
+
+def _functional(layer: nn.Module):
+    """The functional form of ``layer`` if it is a plain activation or gate layer, else None."""
+    f = _FUNCTIONAL.get(type(layer))
+    if f is None or layer._forward_hooks or layer._forward_pre_hooks or _global_hooks():
+        return None
+    return f
+
+
+def apply_layer(layer: nn.Module, t: torch.Tensor) -> torch.Tensor:
+    """``layer(t)``, calling the functional form of a plain activation or gate layer directly.
+
+    On a small map a module call costs about as much as the operation (3-5 us of Python each, and
+    an attention module makes four: its activation, two gates and the dropout); for an exact
+    ``nn.ReLU``, ``nn.Hardswish``, ``nn.Sigmoid``, ``nn.Hardsigmoid``, ``nn.SiLU`` or ``nn.Tanh``
+    with no hooks of its own and no global ones this calls ``F.relu`` (etc.) on ``t``: the same
+    numbers. Any other layer, or one with hooks, is called as a module.
+    """
+    f = _functional(layer)
+    return layer(t) if f is None else f(t)
+
+
+def _global_hooks() -> bool:
+    return bool(_nn_module._global_forward_hooks or _nn_module._global_forward_pre_hooks)
 
 
 def spatial_mean(x: torch.Tensor) -> torch.Tensor:
@@ -121,7 +155,8 @@ def channel_mlp(pooled: torch.Tensor, fc1: nn.Conv2d, act: nn.Module, fc2: nn.Co
     the (N, C, 1, 1) map, to float rounding.
     """
     h = F.linear(pooled.flatten(1), fc1.weight.flatten(1), fc1.bias)
-    h = act(h[:, :, None, None]).flatten(1)  # the activation sees the (N, C', 1, 1) map it sees in the reference
+    f = _functional(act)  # elementwise: the same numbers on (N, C')
+    h = f(h) if f is not None else act(h[:, :, None, None]).flatten(1)  # a layer sees the reference's (N, C', 1, 1)
     return F.linear(h, fc2.weight.flatten(1), fc2.bias)
 
 
@@ -132,17 +167,17 @@ def project_channels(x: torch.Tensor, conv: nn.Conv2d) -> torch.Tensor:
     channels last: ``X w`` on the (N*H*W, C) matrix. Other layouts fall back to ``conv(x)``.
     """
     n, c, h, w = x.shape
-    weight = conv.weight.view(1, c)
     layout = _layout(x)
     if layout is None:
         return conv(x)
+    weight, bias = conv.weight.view(1, c), conv.bias
     if layout == "cf":
         rows = x.view(n, c, h * w)
-        if conv.bias is None:
+        if bias is None:
             return torch.bmm(weight.expand(n, 1, c), rows).view(n, 1, h, w)
-        return torch.baddbmm(conv.bias.view(1, 1, 1), weight.expand(n, 1, c), rows).view(n, 1, h, w)
+        return torch.baddbmm(bias.view(1, 1, 1), weight.expand(n, 1, c), rows).view(n, 1, h, w)
     rows = x.permute(0, 2, 3, 1).reshape(n * h * w, c)
-    s = torch.mm(rows, weight.t()) if conv.bias is None else torch.addmm(conv.bias.view(1, 1), rows, weight.t())
+    s = torch.mm(rows, weight.t()) if bias is None else torch.addmm(bias.view(1, 1), rows, weight.t())
     return s.view(n, h, w, 1).permute(0, 3, 1, 2)
 
 
@@ -260,6 +295,11 @@ def gate_product(x: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torch.Ten
     if not (_broadcasts(a, x.shape) and _broadcasts(b, x.shape)):
         raise ValueError(f"gate_product: gates must broadcast to x's shape {tuple(x.shape)}, "
                          f"got {tuple(a.shape)} and {tuple(b.shape)}")
+    return _gate_product(x, a, b)
+
+
+def _gate_product(x: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """:func:`gate_product` without its check, for callers whose gates broadcast by construction."""
     if torch.compiler.is_compiling():  # inductor fuses the plain product into one pass itself
         return x * a * b
     if torch.is_grad_enabled() and (x.requires_grad or a.requires_grad or b.requires_grad):

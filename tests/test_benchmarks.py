@@ -80,6 +80,26 @@ def test_the_in_place_rows_leave_the_input_as_it_was():
     assert torch.equal(x, before)  # identity start: gates of exactly 1
 
 
+def test_each_forward_backward_round_starts_without_gradients():
+    import importlib.util
+
+    import torch
+
+    from sca_lib.attention import create_attention
+
+    spec = importlib.util.spec_from_file_location("bench_modules", SCRIPT)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    module = create_attention("dual", 16).train()
+    x = torch.randn(2, 16, 5, 5, requires_grad=True)
+    run = bench._forward_backward(module, x, torch.randn(2, 16, 5, 5))
+    run()
+    once = {n: p.grad.clone() for n, p in module.named_parameters()}
+    run()  # a second round: the same gradients, not twice them
+    for n, p in module.named_parameters():
+        torch.testing.assert_close(p.grad, once[n], msg=n)
+
+
 def test_the_matvec_benchmark_times_both_ways_of_writing_each_product(tmp_path):
     script = ROOT / "benchmarks" / "bench_matvec.py"
     done = subprocess.run([sys.executable, str(script), "--shapes", "2x8x3x3", "--rounds", "7", "--warmup", "0",

@@ -6,7 +6,7 @@ from torch import nn
 from torch.nn.utils import prune
 
 from sca_lib.attention import DualAttention, create_attention, list_attentions
-from sca_lib.gating import channel_mlp, fast_path, gate_product, project_channels, reference_gating
+from sca_lib.gating import apply_layer, channel_mlp, fast_path, gate_product, project_channels, reference_gating
 
 FORMATS = {"cf": torch.contiguous_format, "cl": torch.channels_last}
 
@@ -203,6 +203,36 @@ def test_hooked_pruned_or_subclassed_layers_are_called_not_bypassed():
     with reference_gating():
         ref = module(x)
     torch.testing.assert_close(module(x), ref)
+
+
+@pytest.mark.parametrize("layer", [nn.ReLU(), nn.ReLU(inplace=True), nn.Hardswish(), nn.Sigmoid(), nn.Hardsigmoid(),
+                                   nn.Hardsigmoid(inplace=True), nn.SiLU(), nn.Tanh(), nn.Identity()])
+def test_apply_layer_gives_the_layers_numbers(layer):
+    t = torch.randn(3, 7) * 4
+    torch.testing.assert_close(apply_layer(layer, t.clone()), layer(t.clone()), rtol=0, atol=0)
+
+
+def test_plain_activation_and_gate_layers_run_as_functions_and_hooked_ones_as_modules(monkeypatch):
+    torch.manual_seed(0)
+    x = torch.randn(2, 32, 5, 5)
+    module = create_attention("lite", 32)
+    ref = module(x)
+
+    def refuse(self, t):
+        raise AssertionError(f"{type(self).__name__} was called as a module")
+
+    for cls in (nn.Hardswish, nn.Hardsigmoid, nn.Identity):
+        monkeypatch.setattr(cls, "forward", refuse)
+    torch.testing.assert_close(module(x), ref, rtol=0, atol=0)  # the fast path calls none of them
+    with reference_gating(), pytest.raises(AssertionError, match="called as a module"):
+        module(x)
+    monkeypatch.undo()
+    calls = []
+    module.channel.act.register_forward_pre_hook(lambda m, i: calls.append(("act", i[0].dim())))
+    module.spatial.gate.register_forward_hook(lambda m, i, o: calls.append("spatial gate"))
+    module.dropout.register_forward_hook(lambda m, i, o: calls.append("dropout"))
+    torch.testing.assert_close(module(x), ref, rtol=0, atol=0)
+    assert calls == [("act", 4), "spatial gate", "dropout"]  # hooked layers are called, on the maps they expect
 
 
 def test_float16_pooling_does_not_overflow_and_layers_see_4d_maps():
