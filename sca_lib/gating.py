@@ -94,6 +94,11 @@ def fast_path(x: torch.Tensor) -> bool:
 _PLAIN_LAYERS = (nn.Conv2d, nn.AdaptiveAvgPool2d)
 
 
+def _global_hooks() -> bool:
+    """Whether global forward hooks or pre-hooks are registered (``nn.modules.module.register_module_forward_hook``)."""
+    return bool(_nn_module._global_forward_hooks or _nn_module._global_forward_pre_hooks)
+
+
 def plain_layers(*layers: nn.Module) -> bool:
     """Whether the fast path may use these layers' weights without calling them: each is exactly an
     ``nn.Conv2d`` or ``nn.AdaptiveAvgPool2d`` (not a subclass, such as a QAT or parametrized conv)
@@ -134,10 +139,6 @@ def apply_layer(layer: nn.Module, t: torch.Tensor) -> torch.Tensor:
     """
     f = _functional(layer)
     return layer(t) if f is None else f(t)
-
-
-def _global_hooks() -> bool:
-    return bool(_nn_module._global_forward_hooks or _nn_module._global_forward_pre_hooks)
 
 
 def spatial_mean(x: torch.Tensor) -> torch.Tensor:
