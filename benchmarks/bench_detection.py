@@ -5,7 +5,8 @@ The article's C12 table gives inference times of 45 -> 48 ms (ResNet50, +SCA) an
 milliseconds therefore cannot be compared; the ratio (with / without attention, about 1.07 in both
 rows) can. For each trunk this script builds the plain detector and the attention variants, then
 times them **interleaved** with a copy of the plain detector (round r runs every model once, in an
-order that alternates round by round, :func:`sca_lib.profile.paired_latency`), so a busy machine
+order that changes round by round so that each runs right after every other one equally often,
+:func:`sca_lib.profile.paired_latency`), so a busy machine
 slows all of them alike, and prints each median and the median of its per-round ratios to the plain
 one with [min, max]; the copy's ratio should be 1, its spread is what the run resolves.
 

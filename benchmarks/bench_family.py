@@ -5,7 +5,7 @@ For every backbone, the plain model and the same model with each family member a
 study's 112 px) are profiled in one run: parameters and FLOPs are exact (fvcore, one fused
 multiply-add = one FLOP, elementwise ops included, ``sca_lib.profile.cost_table``); latency
 (``sca_lib.profile.add_paired_latency``): the models of one backbone and a copy of the plain model
-timed interleaved in alternating order after ``--warmup`` untimed calls, each round's time divided
+timed interleaved in balanced orders (each right after every other one equally often) after ``--warmup`` untimed calls, each round's time divided
 by the plain model's of the same round: the median ratio with [min, max] over ``--runs`` rounds.
 The copy's row says what the run resolves.
 
@@ -120,7 +120,8 @@ def main(argv=None) -> int:
             f"torch {torch.__version__}, {torch.get_num_threads()} intra-op thread(s)).\n\n"
             "Parameters and FLOPs are exact and machine-independent (fvcore, one fused multiply-add = one FLOP, "
             "activations, gates, pooling and elementwise products included), 20-class heads. Latency (batch 1): all "
-            "models of a backbone and a copy of the plain model timed interleaved in alternating order after "
+            "models of a backbone and a copy of the plain model timed interleaved in balanced orders (each right after "
+            "every other one equally often) after "
             f"{args.warmup} warm-up calls each; per round, each time over the plain model's; the median with [min, max] "
             f"over {args.runs} rounds; `plain (copy)` is the control. {where} On ResNet50 the article's placement replaces `layer4.1` with an "
             "attention residual block (the module plus a 3x3 conv), so every row there carries that conv's 37.7 M "

@@ -16,8 +16,9 @@ for max pooling. ``include_elementwise=False`` gives fvcore's own number. :func:
 reports both.
 
 Latency: warm-up runs, then the median of ``runs`` timed forwards under ``torch.inference_mode``
-in eval mode, the models interleaved in an order that alternates round by round
-(:func:`time_interleaved`, which times any zero-argument functions the same way); on CUDA each run
+in eval mode, the models interleaved in an order that changes round by round so that each model
+is timed right after every other one equally often (:func:`balanced_orders`, :func:`time_interleaved`,
+which times any zero-argument functions the same way); on CUDA each run
 is timed with CUDA events after a synchronisation. CPU numbers depend on the thread count (recorded in
 the table) and on whatever else the machine runs. :func:`paired_latency` gives ratios paired
 round by round with their [min, max] and a copy of the first model as a control, the spread that
@@ -56,6 +57,7 @@ __all__ = [
     "paired_latency",
     "add_paired_latency",
     "time_interleaved",
+    "balanced_orders",
     "paired_ratios",
     "cost_table",
     "add_ratios",
@@ -231,17 +233,44 @@ def _timer(device: torch.device) -> Callable[[Callable[[], Any]], float]:
     return once
 
 
+def balanced_orders(n: int) -> List[List[int]]:
+    """The orders in which :func:`time_interleaved` calls ``n`` functions, one order per round, cycling.
+
+    A Williams design: a Latin square (each function once per round, once in every position per
+    cycle) balanced for carry-over, so that within a cycle every function is timed right after every
+    other function equally often and never right after itself. A call leaves the caches and the
+    allocator in its own state, and the next call runs faster or slower for it: with a fixed or
+    alternating order (A B C, then C B A) the first and last functions were timed right after
+    themselves (their own data in the cache) at every change of round, and the others never were.
+    ``n`` rows for even ``n`` (row ``i`` is ``0, 1, n-1, 2, n-2, ...`` plus ``i`` modulo ``n``); for odd
+    ``n`` those rows and their reverses. The pair spanning two rounds (the last call of one, the
+    first of the next) is outside the balance: one extra predecessor per function per cycle.
+    """
+    if n < 1:
+        raise ValueError(f"need at least one function to order, got n={n}")
+    first, low, high = [0], 1, n - 1
+    while len(first) < n:
+        first.append(low)
+        low += 1
+        if len(first) < n:
+            first.append(high)
+            high -= 1
+    rows = [[(v + i) % n for v in first] for i in range(n)]
+    return rows + [row[::-1] for row in rows] if n % 2 and n > 1 else rows
+
+
 def time_interleaved(fns: Mapping[str, Callable[[], Any]], rounds: int = 21, warmup: int = 2,
                      device: Union[str, torch.device] = "cpu") -> Dict[str, List[float]]:
-    """Times (ms) of calling each zero-argument function once per round, **interleaved**, the order
-    alternating round by round (A B C, then C B A, ...).
+    """Times (ms) of calling each zero-argument function once per round, **interleaved**, in the
+    orders of :func:`balanced_orders` (round ``r`` takes row ``r`` modulo the number of rows).
 
     Each function is first called ``warmup`` times untimed (caches, the allocator's free lists,
     lazy initialisation). Interleaving spreads slow periods of a shared machine over all functions,
-    and alternating the order means no function is always timed right after the same neighbour.
-    On ``device="cuda"`` the calls are timed with CUDA events (see :func:`_timer`). Returns the
-    per-round times of each function, in round order, so ratios can be paired round by round
-    (:func:`paired_ratios`).
+    and the balanced orders mean every function is timed after every other one equally often (over
+    whole cycles: ``n`` rounds for ``n`` functions, ``2 n`` for odd ``n``), so none is favoured by
+    what ran before it. On ``device="cuda"`` the calls are timed with CUDA events (see :func:`_timer`).
+    Returns the per-round times of each function, in round order, so ratios can be paired round by
+    round (:func:`paired_ratios`).
     """
     if rounds < 1 or warmup < 0:
         raise ValueError(f"need rounds >= 1 and warmup >= 0, got rounds={rounds}, warmup={warmup}")
@@ -251,9 +280,10 @@ def time_interleaved(fns: Mapping[str, Callable[[], Any]], rounds: int = 21, war
             fn()
     names = list(fns)
     times: Dict[str, List[float]] = {name: [] for name in names}
+    orders = balanced_orders(len(names)) if names else [[]]
     for r in range(rounds):
-        for name in (names if r % 2 == 0 else names[::-1]):
-            times[name].append(once(fns[name]))
+        for i in orders[r % len(orders)]:
+            times[names[i]].append(once(fns[names[i]]))
     return times
 
 
@@ -315,8 +345,9 @@ def compare_latency(models: Mapping[str, nn.Module], input_size: SizeArg = (3, 2
 
     Interleaving spreads slow periods of a shared machine (other processes, thermal throttling)
     over all models, so ratios between them are fairer than from back-to-back measurements. The
-    order alternates round by round (A B C, then C B A, ...), so no model is always timed right
-    after the same neighbour (its caches, the allocator's state, a clock ramping up).
+    order changes round by round (:func:`balanced_orders`), so every model is timed right after
+    every other one equally often (what ran before leaves its caches, the allocator's state, a
+    clock ramping up).
     """
     times = _interleaved_times(models, input_size, batch_size, device, warmup, runs)
     return {name: statistics.median(t) for name, t in times.items()}
@@ -327,7 +358,7 @@ def paired_latency(models: Mapping[str, nn.Module], input_size: SizeArg = (3, 22
                    control: bool = True) -> pd.DataFrame:
     """Latency ratios to the first model, paired round by round, with the spread that says what they resolve.
 
-    The models are timed as :func:`compare_latency` times them (interleaved, alternating order,
+    The models are timed as :func:`compare_latency` times them (interleaved, balanced orders,
     ``warmup`` untimed calls each). In each round every model's time is divided by the first
     model's time of the same round; a row reports the median of those ratios and their
     [min, max]. With ``control=True`` a copy of the first model is timed too (``"<first> (copy)"``):

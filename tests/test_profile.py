@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections import Counter
 
 import pandas as pd
 import pytest
@@ -146,7 +147,7 @@ def test_add_ratios_to_a_baseline_row():
     assert table["latency_ratio_b1"].iloc[1] == 1.0
 
 
-def test_compare_latency_alternates_the_order_round_by_round():
+def test_compare_latency_changes_the_order_round_by_round():
     calls = []
 
     class Named(nn.Module):
@@ -159,7 +160,8 @@ def test_compare_latency_alternates_the_order_round_by_round():
             return x
 
     ms = compare_latency({n: Named(n) for n in "abc"}, (3, 4, 4), warmup=1, runs=4)
-    assert calls == list("abc") + list("abc") + list("cba") + list("abc") + list("cba")  # warm-up, then 4 rounds
+    # warm-up, then 4 rounds in the balanced orders of 3 functions (and their reverses, after a cycle of 3)
+    assert calls == list("abc") + list("abc") + list("bca") + list("cab") + list("cba")
     assert set(ms) == set("abc") and all(v >= 0 for v in ms.values())
 
 
@@ -193,6 +195,50 @@ def test_paired_latency_divides_round_by_round_and_times_a_control(monkeypatch):
     assert t.loc["attn", "median_ms"] == 12.0
     with pytest.raises(ValueError, match="at least one model"):
         paired_latency({})
+
+
+@pytest.mark.parametrize("n", range(1, 9))
+def test_balanced_orders_time_every_function_after_every_other_equally_often(n):
+    from sca_lib.profile import balanced_orders
+
+    rows = balanced_orders(n)
+    assert len(rows) == (2 * n if n % 2 and n > 1 else n)
+    assert all(sorted(row) == list(range(n)) for row in rows)  # each function once per round
+    assert all(sorted(col) == sorted(list(range(n)) * (len(rows) // n)) for col in zip(*rows))  # every position alike
+    follows = Counter((row[k], row[k + 1]) for row in rows for k in range(n - 1))
+    assert all(i != j for i, j in follows)  # never right after itself within a round
+    if n > 1:  # every ordered pair equally often: once (even n) or twice (odd n) per cycle
+        assert set(follows) == {(i, j) for i in range(n) for j in range(n) if i != j}
+        assert set(follows.values()) == {len(rows) // n}
+    with pytest.raises(ValueError, match="at least one"):
+        balanced_orders(0)
+
+
+def test_an_alternating_order_favours_the_end_functions_and_the_balanced_one_does_not(monkeypatch):
+    """What the balanced orders fix, on a scripted machine where a call is fast right after itself
+    (its data in the cache) and slow after anything else: two copies of the same function must come
+    out equal in every round. Alternating A B C D / D C B A does not give that: A and D repeat at
+    every change of round."""
+    from sca_lib.profile import paired_ratios, time_interleaved
+
+    last = [None]
+
+    def once(fn):
+        t = 1.0 if last[0] is fn else 2.0
+        last[0] = fn
+        return t
+
+    monkeypatch.setattr(sca_lib.profile, "_timer", lambda device: once)
+    fns = {k: (lambda: None) for k in ("floor", "floor (copy)", "x", "y")}
+    r = paired_ratios(time_interleaved(fns, rounds=40, warmup=0))
+    assert (r["ratio_min"] == 1.0).all() and (r["ratio_max"] == 1.0).all()
+    last[0] = None
+    alternating = {k: [] for k in fns}
+    for rnd in range(40):
+        for k in (list(fns) if rnd % 2 == 0 else list(fns)[::-1]):
+            alternating[k].append(once(fns[k]))
+    r = paired_ratios(alternating).set_index("model")
+    assert r.loc["floor (copy)", "ratio_max"] == 2.0  # the floor ran right after itself in half the rounds
 
 
 def test_time_interleaved_warms_up_alternates_and_times_cuda_with_events(monkeypatch):
