@@ -5,7 +5,7 @@ with ``--extra``, the other placements the notebooks discuss) are profiled in on
 and FLOPs are exact counts at ``--input-size`` (fvcore, one fused multiply-add = one FLOP, shown with
 and without elementwise ops). Latency (``sca_lib.profile.paired_latency``): the models of one
 backbone and a copy of the plain model are timed interleaved, round r running each once in an order
-that changes round by round (``sca_lib.profile.balanced_orders``: each model right after every other one
+that changes round by round (``sca_lib.profile.round_orders``: each model right after every other one
 equally often), after ``--warmup`` untimed calls each; every round's time is divided
 by the plain model's time of the same round, and the table gives the median of those ratios with
 [min, max] over ``--runs`` rounds. The copy (``plain (copy)``) should be 1: its spread is the

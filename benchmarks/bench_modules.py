@@ -3,7 +3,7 @@
 A gate is elementwise work: its floor is about one read and one write of the feature map, plus the
 reads its pooled and 1x1 paths need. For each shape, memory format (channels first, channels last)
 and pass this script times, interleaved round by round in balanced orders, each function timed right
-after every other one equally often (``sca_lib.profile.time_interleaved``, ``balanced_orders``):
+after every other one equally often (``sca_lib.profile.time_interleaved``, ``round_orders``):
 
 - ``forward``: under ``torch.inference_mode``, modules in eval mode; the floor is ``x.clone()``
   plus one read pass (``x.sum()``), the cost of producing a new tensor the size of ``x``;
@@ -459,7 +459,7 @@ def main(argv=None) -> int:
         stem = _write(args, argv, "_compiled" if args.compile else "", table,
                       "Each attention module against the memory floor", provenance,
                       "Ratios are paired round by round (every function once per round, in orders that time each right after every "
-                      "other one equally often: `sca_lib.profile.balanced_orders`) "
+                      "other one equally often: `sca_lib.profile.round_orders`) "
                       "and the table gives the median with [min, max]; `floor (copy)` is the floor timed a second "
                       "time, the spread any row must exceed to mean something. `(reference)` rows are the same "
                       "module computing its reference form (`sca_lib.gating.reference_gating`); `timm:` rows are "

@@ -15,7 +15,7 @@ divergence guard, a tqdm bar, per-step and per-epoch logs, and an atomic checkpo
 epoch. Evaluation is switched off on both sides (it is not training). Each round runs the bare
 loop, the engine and the bare loop again as a control (``bare (copy)``, whose ratio should be 1:
 its spread is the smallest overhead the run resolves), in an order that changes round by round so that
-each is run right after each other one equally often (``sca_lib.profile.balanced_orders``);
+each is run right after each other one equally often (``sca_lib.profile.round_orders``);
 ``--warmup`` rounds run first and are not counted (the allocator, the data's first pass). The
 result is the median of the per-round ratios with [min, max]. Engine images/s counts the whole
 epoch, checkpoint and log writing included. One intra-op thread by default (``--threads``).
@@ -38,7 +38,7 @@ from torch.utils.data import DataLoader
 
 from sca_lib.backbones import build_classifier
 from sca_lib.groups import parameter_groups, set_trainable
-from sca_lib.profile import balanced_orders
+from sca_lib.profile import round_orders
 from sca_lib.engine import Trainer
 from sca_lib.losses import masked_bce_with_logits
 from sca_lib.schedule import single_stage_schedule
@@ -122,9 +122,9 @@ def main(argv=None) -> int:
                 "engine": lambda r: engine(copy.deepcopy(start), train_set, a.epochs, a.batch_size, 0.001, r,
                                            Path(tmp) / f"run{r}", a.device),
                 "bare (copy)": bare}
-        names, orders = list(runs), balanced_orders(len(runs))
-        for r in range(a.warmup + a.repeats):
-            got = {names[i]: runs[names[i]](r) for i in orders[r % len(orders)]}
+        names = list(runs)
+        for r, order in enumerate(round_orders(len(runs), a.warmup + a.repeats)):
+            got = {names[i]: runs[names[i]](r) for i in order}
             label = f"warm-up {r + 1}/{a.warmup}" if r < a.warmup else f"round {r - a.warmup + 1}/{a.repeats}"
             print(f"{label}: " + ", ".join(f"{k} {v:.1f} images/s" for k, v in got.items()), flush=True)
             if r >= a.warmup:

@@ -17,7 +17,7 @@ reports both.
 
 Latency: warm-up runs, then the median of ``runs`` timed forwards under ``torch.inference_mode``
 in eval mode, the models interleaved in an order that changes round by round so that each model
-is timed right after every other one equally often (:func:`balanced_orders`, :func:`time_interleaved`,
+is timed right after every other one equally often (:func:`round_orders`, :func:`time_interleaved`,
 which times any zero-argument functions the same way); on CUDA each run
 is timed with CUDA events after a synchronisation. CPU numbers depend on the thread count (recorded in
 the table) and on whatever else the machine runs. :func:`paired_latency` gives ratios paired
@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import random
 import statistics
 import time
 import warnings
@@ -58,6 +59,7 @@ __all__ = [
     "add_paired_latency",
     "time_interleaved",
     "balanced_orders",
+    "round_orders",
     "paired_ratios",
     "cost_table",
     "add_ratios",
@@ -234,17 +236,17 @@ def _timer(device: torch.device) -> Callable[[Callable[[], Any]], float]:
 
 
 def balanced_orders(n: int) -> List[List[int]]:
-    """The orders in which :func:`time_interleaved` calls ``n`` functions, one order per round, cycling.
+    """One cycle of round orders for ``n`` functions: a Williams design.
 
-    A Williams design: a Latin square (each function once per round, once in every position per
-    cycle) balanced for carry-over, so that within a cycle every function is timed right after every
-    other function equally often and never right after itself. A call leaves the caches and the
-    allocator in its own state, and the next call runs faster or slower for it: with a fixed or
+    A Latin square (each function once per round, once in every position per cycle) balanced for
+    carry-over: within the cycle every function comes right after every other function equally
+    often (once for even ``n``, twice for odd) and never right after itself. A call leaves the caches
+    and the allocator in its own state, and the next call runs faster or slower for it: with an
     alternating order (A B C, then C B A) the first and last functions were timed right after
     themselves (their own data in the cache) at every change of round, and the others never were.
     ``n`` rows for even ``n`` (row ``i`` is ``0, 1, n-1, 2, n-2, ...`` plus ``i`` modulo ``n``); for odd
-    ``n`` those rows and their reverses. The pair spanning two rounds (the last call of one, the
-    first of the next) is outside the balance: one extra predecessor per function per cycle.
+    ``n`` those rows and their reverses, ordered so that no row starts with the function that ended
+    the row before. :func:`round_orders` relabels the functions cycle by cycle.
     """
     if n < 1:
         raise ValueError(f"need at least one function to order, got n={n}")
@@ -256,21 +258,46 @@ def balanced_orders(n: int) -> List[List[int]]:
             first.append(high)
             high -= 1
     rows = [[(v + i) % n for v in first] for i in range(n)]
-    return rows + [row[::-1] for row in rows] if n % 2 and n > 1 else rows
+    if n % 2 == 0 or n == 1:
+        return rows
+    # the reverses, in the order n-2, n-3, ..., 0, n-1: no function ends one row and starts the next
+    return rows + [rows[i][::-1] for i in list(range(n - 2, -1, -1)) + [n - 1]]
+
+
+def round_orders(n: int, rounds: int, seed: int = 0) -> List[List[int]]:
+    """The order of each of ``rounds`` rounds of ``n`` functions: cycles of :func:`balanced_orders`,
+    each cycle with the functions relabelled by a random permutation (``seed``: the same orders
+    every run).
+
+    A complete cycle is balanced whatever the labels. The relabelling is for the last, incomplete
+    cycle (and for runs shorter than one cycle, as 15 rounds of 30 functions are): without it, the
+    first rows of the design would give each function the same few predecessors in every run, say
+    the fast-path modules to the floor and the reference forms to its copy, which is a bias; with it
+    they are a random draw. A cycle never starts with the function that ended the one before.
+    """
+    rows, rng = balanced_orders(n), random.Random(seed)
+    orders: List[List[int]] = []
+    while len(orders) < rounds:
+        label = list(range(n))
+        rng.shuffle(label)
+        while n > 1 and orders and label[rows[0][0]] == orders[-1][-1]:
+            rng.shuffle(label)
+        orders.extend([label[i] for i in row] for row in rows)
+    return orders[:rounds]
 
 
 def time_interleaved(fns: Mapping[str, Callable[[], Any]], rounds: int = 21, warmup: int = 2,
                      device: Union[str, torch.device] = "cpu") -> Dict[str, List[float]]:
     """Times (ms) of calling each zero-argument function once per round, **interleaved**, in the
-    orders of :func:`balanced_orders` (round ``r`` takes row ``r`` modulo the number of rows).
+    orders of :func:`round_orders`.
 
     Each function is first called ``warmup`` times untimed (caches, the allocator's free lists,
     lazy initialisation). Interleaving spreads slow periods of a shared machine over all functions,
-    and the balanced orders mean every function is timed after every other one equally often (over
-    whole cycles: ``n`` rounds for ``n`` functions, ``2 n`` for odd ``n``), so none is favoured by
-    what ran before it. On ``device="cuda"`` the calls are timed with CUDA events (see :func:`_timer`).
-    Returns the per-round times of each function, in round order, so ratios can be paired round by
-    round (:func:`paired_ratios`).
+    and the balanced orders time every function right after every other one equally often (over
+    whole cycles: ``n`` rounds for ``n`` functions, ``2 n`` for odd ``n``; a random draw within an
+    incomplete one), so none is favoured by what ran before it. On ``device="cuda"`` the calls are
+    timed with CUDA events (see :func:`_timer`). Returns the per-round times of each function, in
+    round order, so ratios can be paired round by round (:func:`paired_ratios`).
     """
     if rounds < 1 or warmup < 0:
         raise ValueError(f"need rounds >= 1 and warmup >= 0, got rounds={rounds}, warmup={warmup}")
@@ -280,9 +307,8 @@ def time_interleaved(fns: Mapping[str, Callable[[], Any]], rounds: int = 21, war
             fn()
     names = list(fns)
     times: Dict[str, List[float]] = {name: [] for name in names}
-    orders = balanced_orders(len(names)) if names else [[]]
-    for r in range(rounds):
-        for i in orders[r % len(orders)]:
+    for order in (round_orders(len(names), rounds) if names else []):
+        for i in order:
             times[names[i]].append(once(fns[names[i]]))
     return times
 
@@ -345,7 +371,7 @@ def compare_latency(models: Mapping[str, nn.Module], input_size: SizeArg = (3, 2
 
     Interleaving spreads slow periods of a shared machine (other processes, thermal throttling)
     over all models, so ratios between them are fairer than from back-to-back measurements. The
-    order changes round by round (:func:`balanced_orders`), so every model is timed right after
+    order changes round by round (:func:`round_orders`), so every model is timed right after
     every other one equally often (what ran before leaves its caches, the allocator's state, a
     clock ramping up).
     """

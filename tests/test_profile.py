@@ -159,9 +159,14 @@ def test_compare_latency_changes_the_order_round_by_round():
             calls.append(self.name)
             return x
 
-    ms = compare_latency({n: Named(n) for n in "abc"}, (3, 4, 4), warmup=1, runs=4)
-    # warm-up, then 4 rounds in the balanced orders of 3 functions (and their reverses, after a cycle of 3)
-    assert calls == list("abc") + list("abc") + list("bca") + list("cab") + list("cba")
+    ms = compare_latency({n: Named(n) for n in "abc"}, (3, 4, 4), warmup=1, runs=6)
+    # warm-up in the given order, then 6 rounds (a whole cycle for 3 functions): each a permutation,
+    # every function right after every other one twice
+    assert calls[:3] == list("abc")
+    rounds = [calls[3 + 3 * k:6 + 3 * k] for k in range(6)]
+    assert len(calls) == 21 and all(sorted(r) == list("abc") for r in rounds)
+    follows = Counter((r[k], r[k + 1]) for r in rounds for k in range(2))
+    assert set(follows.values()) == {2} and len(follows) == 6
     assert set(ms) == set("abc") and all(v >= 0 for v in ms.values())
 
 
@@ -207,11 +212,33 @@ def test_balanced_orders_time_every_function_after_every_other_equally_often(n):
     assert all(sorted(col) == sorted(list(range(n)) * (len(rows) // n)) for col in zip(*rows))  # every position alike
     follows = Counter((row[k], row[k + 1]) for row in rows for k in range(n - 1))
     assert all(i != j for i, j in follows)  # never right after itself within a round
+    flat = [f for row in rows for f in row]
+    assert n <= 2 or all(a != b for a, b in zip(flat, flat[1:]))  # nor where one round ends and the next begins
     if n > 1:  # every ordered pair equally often: once (even n) or twice (odd n) per cycle
         assert set(follows) == {(i, j) for i in range(n) for j in range(n) if i != j}
         assert set(follows.values()) == {len(rows) // n}
     with pytest.raises(ValueError, match="at least one"):
         balanced_orders(0)
+
+
+@pytest.mark.parametrize("n", [2, 3, 4, 7])
+def test_round_orders_relabel_each_cycle_and_keep_it_balanced(n):
+    from sca_lib.profile import balanced_orders, round_orders
+
+    cycle = len(balanced_orders(n))
+    orders = round_orders(n, 3 * cycle + 1)
+    assert len(orders) == 3 * cycle + 1 and orders == round_orders(n, 3 * cycle + 1)  # seeded: the same every run
+    assert all(sorted(o) == list(range(n)) for o in orders)
+    for k in range(3):  # every whole cycle balanced, under its own labels
+        rows = orders[k * cycle:(k + 1) * cycle]
+        follows = Counter((r[i], r[i + 1]) for r in rows for i in range(n - 1))
+        assert len(follows) == n * (n - 1) and set(follows.values()) == {cycle // n}
+    flat = [f for o in orders for f in o]
+    if n > 2:  # nothing runs right after itself, not even where one round or cycle ends and the next begins
+        assert all(a != b for a, b in zip(flat, flat[1:]))
+    # the labels change between cycles and between seeds (a short run draws its predecessors)
+    assert len({tuple(orders[k * cycle]) for k in range(3)}) > 1 or n == 2
+    assert round_orders(n, cycle, seed=1) != round_orders(n, cycle, seed=0) or n == 2
 
 
 def test_an_alternating_order_favours_the_end_functions_and_the_balanced_one_does_not(monkeypatch):
@@ -245,9 +272,10 @@ def test_time_interleaved_warms_up_alternates_and_times_cuda_with_events(monkeyp
     from sca_lib.profile import paired_ratios, time_interleaved
 
     calls = []
-    times = time_interleaved({k: (lambda k=k: calls.append(k)) for k in "ab"}, rounds=3, warmup=2)
-    assert calls == list("aabb") + list("ab") + list("ba") + list("ab")
-    assert {k: len(v) for k, v in times.items()} == {"a": 3, "b": 3}
+    times = time_interleaved({k: (lambda k=k: calls.append(k)) for k in "ab"}, rounds=4, warmup=2)
+    assert calls[:4] == list("aabb") and all(sorted(calls[4 + 2 * k:6 + 2 * k]) == list("ab") for k in range(4))
+    assert calls[4:6] != calls[6:8]  # within a cycle of two rounds, both orders
+    assert {k: len(v) for k, v in times.items()} == {"a": 4, "b": 4}
     with pytest.raises(ValueError, match="rounds >= 1"):
         time_interleaved({"a": lambda: None}, rounds=0)
 
