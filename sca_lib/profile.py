@@ -240,7 +240,8 @@ def balanced_orders(n: int) -> List[List[int]]:
 
     A Latin square (each function once per round, once in every position per cycle) balanced for
     carry-over: within the cycle every function comes right after every other function equally
-    often (once for even ``n``, twice for odd) and never right after itself. A call leaves the caches
+    often (once for even ``n``, twice for odd) and never right after itself (for ``n = 2`` one
+    function must repeat where the two rows meet). A call leaves the caches
     and the allocator in its own state, and the next call runs faster or slower for it: with an
     alternating order (A B C, then C B A) the first and last functions were timed right after
     themselves (their own data in the cache) at every change of round, and the others never were.
